@@ -166,7 +166,10 @@ mod tests {
         let old_v1 = old.split_once(",v1=").map(|(_, v)| v).unwrap_or_default();
         let header = format!("{good},v1={old_v1},v0=legacy");
         assert_eq!(verify(SECRET, &header, BODY, 1_700_000_000, 300), Ok(()));
-        assert_eq!(verify("whsec_old", &header, BODY, 1_700_000_000, 300), Ok(()));
+        assert_eq!(
+            verify("whsec_old", &header, BODY, 1_700_000_000, 300),
+            Ok(())
+        );
     }
 
     #[test]

@@ -10,3 +10,6 @@ pub mod telemetry;
 
 pub use admin::AdminServer;
 pub use config::CommonConfig;
+pub mod service;
+
+pub use service::{ConsumerService, ServiceBase};

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use backoff::backoff::Backoff;
 use backoff::ExponentialBackoffBuilder;
 use chrono::{DateTime, Utc};
-use paystream_domain::topics;
+use paystream_domain::{PaymentId, topics};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -78,6 +78,11 @@ pub trait Handler: Send + Sync + 'static {
         event: &InboundEvent,
         out: &mut Emitter,
     ) -> Result<(), HandlerError>;
+
+    /// Runs once the batch's transaction has committed, with the payments whose events were
+    /// applied: the place for effects outside Postgres that must follow the commit, such as
+    /// invalidating a cache. Best effort; a failure here must not undo anything.
+    async fn after_commit(&self, _payments: &[PaymentId]) {}
 }
 
 #[derive(Debug, Clone)]
@@ -219,6 +224,7 @@ struct BatchOutcome {
     sent_to_retry: u32,
     retried_in_place: u32,
     duplicates: Vec<String>,
+    applied: Vec<PaymentId>,
 }
 
 impl<H: Handler> ConsumerRuntime<H> {
@@ -333,6 +339,9 @@ impl<H: Handler> ConsumerRuntime<H> {
             match self.process_batch(batch, source).await {
                 Ok(outcome) => {
                     self.record_metrics(batch, &outcome);
+                    if !outcome.applied.is_empty() {
+                        self.handler.after_commit(&outcome.applied).await;
+                    }
                     return true;
                 }
                 Err(e) => {
@@ -448,6 +457,7 @@ impl<H: Handler> ConsumerRuntime<H> {
                     outbox::enqueue(&mut sp, schema, &emitter.take()).await?;
                     sp.commit().await.context("releasing a savepoint")?;
                     mark(tx, schema, event.event_id, Claim::Done).await?;
+                    outcome.applied.push(event.payment_id);
                     return Ok(());
                 }
                 Err(err) => err,

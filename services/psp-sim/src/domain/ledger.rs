@@ -144,7 +144,9 @@ impl Ledger {
         &'a self,
         reference: &'a str,
     ) -> impl Iterator<Item = &'a Charge> + 'a {
-        self.charges.iter().filter(move |c| c.reference == reference)
+        self.charges
+            .iter()
+            .filter(move |c| c.reference == reference)
     }
 
     /// Records a charge attempt; a `decline` still leaves a `failed` charge behind.
@@ -341,7 +343,11 @@ mod tests {
         ledger.create_charge("ch_1".into(), new_charge(false), 0, None);
         let captured = ledger.capture("ch_1", Some(800));
         assert_eq!(captured.map(|c| c.amount_captured), Ok(800));
-        assert!(ledger.refund_charge("re_1".into(), "ch_1", Some(300), 0).is_ok());
+        assert!(
+            ledger
+                .refund_charge("re_1".into(), "ch_1", Some(300), 0)
+                .is_ok()
+        );
         assert_eq!(
             ledger.refund_charge("re_2".into(), "ch_1", Some(501), 0),
             Err(LedgerError::AmountTooLarge {
@@ -350,7 +356,10 @@ mod tests {
             })
         );
         let rest = ledger.refund_charge("re_3".into(), "ch_1", None, 0);
-        assert_eq!(rest.map(|(r, c)| (r.amount, c.amount_refunded)), Ok((500, 800)));
+        assert_eq!(
+            rest.map(|(r, c)| (r.amount, c.amount_refunded)),
+            Ok((500, 800))
+        );
         assert_eq!(
             ledger.refund_charge("re_4".into(), "ch_1", None, 0),
             Err(LedgerError::AlreadyRefunded("ch_1".into()))
@@ -369,6 +378,10 @@ mod tests {
         assert_eq!(charge.status, ChargeStatus::Failed);
         assert_eq!(charge.amount_captured, 0);
         assert!(ledger.capture("ch_1", None).is_err());
-        assert!(ledger.refund_charge("re_1".into(), "ch_1", None, 0).is_err());
+        assert!(
+            ledger
+                .refund_charge("re_1".into(), "ch_1", None, 0)
+                .is_err()
+        );
     }
 }

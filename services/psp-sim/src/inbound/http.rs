@@ -5,7 +5,7 @@ use crate::domain::idempotency::{Fingerprint, StoredResponse, fingerprint};
 use crate::domain::ledger::{
     ChargeStatus, DeclineCode, LedgerError, NewCharge, deterministic_decline,
 };
-use crate::domain::{Event, ChargeEvent};
+use crate::domain::{ChargeEvent, Event};
 use crate::sim::{Outcome, Shared, Start, State};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-type Shell = AxumState<Arc<Shared>>;
+type SimState = AxumState<Arc<Shared>>;
 
 /// Above this, sums over a day could overflow i64; no real card payment comes close.
 const MAX_AMOUNT: i64 = 1_000_000_000_000;
@@ -194,7 +194,7 @@ async fn unknown_route() -> ApiError {
 // ---------------------------------------------------------------------------------------------
 // Authentication
 
-async fn require_api_key(shared: Shell, request: Request, next: Next) -> Response {
+async fn require_api_key(shared: SimState, request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -473,7 +473,7 @@ async fn mutate(
 // Handlers
 
 async fn create_charge(
-    shared: Shell,
+    shared: SimState,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -515,7 +515,7 @@ async fn create_charge(
 }
 
 async fn capture_charge(
-    shared: Shell,
+    shared: SimState,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -540,7 +540,7 @@ async fn capture_charge(
 }
 
 async fn cancel_charge(
-    shared: Shell,
+    shared: SimState,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -562,7 +562,7 @@ async fn cancel_charge(
 }
 
 async fn create_refund(
-    shared: Shell,
+    shared: SimState,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -602,7 +602,7 @@ fn query(
 }
 
 async fn list_charges(
-    shared: Shell,
+    shared: SimState,
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let params = query(params)?;
@@ -620,7 +620,7 @@ async fn list_charges(
     Ok(Json(json!({ "object": "list", "data": data })))
 }
 
-async fn get_charge(shared: Shell, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_charge(shared: SimState, Path(id): Path<String>) -> Result<Response, ApiError> {
     let latency = shared.lock().faults.latency_ms;
     shared.pause(latency).await;
     let state = shared.lock();
@@ -631,7 +631,7 @@ async fn get_charge(shared: Shell, Path(id): Path<String>) -> Result<Response, A
     Ok(respond(&stored(StatusCode::OK, charge), false))
 }
 
-async fn get_refund(shared: Shell, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_refund(shared: SimState, Path(id): Path<String>) -> Result<Response, ApiError> {
     let latency = shared.lock().faults.latency_ms;
     shared.pause(latency).await;
     let state = shared.lock();
@@ -643,16 +643,15 @@ async fn get_refund(shared: Shell, Path(id): Path<String>) -> Result<Response, A
 }
 
 async fn settlement(
-    shared: Shell,
+    shared: SimState,
     params: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let params = query(params)?;
     let date = params
         .get("date")
         .ok_or_else(|| ApiError::invalid("parameter_missing", "date", "Missing param: date."))?;
-    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| {
-        ApiError::invalid("parameter_invalid", "date", "date must be YYYY-MM-DD.")
-    })?;
+    let day = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+        .map_err(|_| ApiError::invalid("parameter_invalid", "date", "date must be YYYY-MM-DD."))?;
     let latency = shared.lock().faults.latency_ms;
     shared.pause(latency).await;
     let (lines, totals) = shared.lock().ledger.settlement(day);
@@ -665,7 +664,7 @@ async fn settlement(
     })))
 }
 
-async fn stats(shared: Shell) -> Json<Value> {
+async fn stats(shared: SimState) -> Json<Value> {
     let state = shared.lock();
     let mut by_status: BTreeMap<&str, usize> = [
         ChargeStatus::Succeeded,
