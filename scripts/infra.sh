@@ -320,7 +320,7 @@ pg_up() {
   if ! pg_running; then
     pg_free_port
     say "starting PostgreSQL on 127.0.0.1:$PG_PORT"
-    if ! as_pg "$bin/pg_ctl" start -D "$PGDATA" -l "$PG_LOG" -w -t 60 >/dev/null 2>&1; then
+    if ! as_pg "$bin/pg_ctl" start -D "$PGDATA" -l "$PG_LOG" -w -t 60 >/dev/null 2>&1 9>&-; then
       tail_log "$PG_LOG" 30
       die "PostgreSQL did not start (log: $PG_LOG)"
     fi
@@ -437,7 +437,7 @@ redis_up() {
     rm -f "$REDIS_PID"
     redis_free_port
     say "starting Redis on 127.0.0.1:$REDIS_PORT"
-    (cd "$REDIS_DIR" && redis-server "$REDIS_DIR/redis.conf") >/dev/null 2>&1 \
+    (cd "$REDIS_DIR" && redis-server "$REDIS_DIR/redis.conf") >/dev/null 2>&1 9>&- \
       || { tail_log "$LOG_DIR/redis.log"; die "redis-server failed to start"; }
   fi
   for _ in $(seq 1 40); do
@@ -543,7 +543,7 @@ kafka_up() {
         -Dkafka.logs.dir="$LOG_DIR" \
         -Dlog4j2.configurationFile="$INFRA_DIR/kafka/log4j2.xml" \
         -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
-      >>"$kout" 2>&1 </dev/null &
+      >>"$kout" 2>&1 </dev/null 9>&- &
     disown || true
     started_now=1
   fi
@@ -587,10 +587,12 @@ kafka_down() {
 
 # -------------------------------------------------------------------------- commands
 
+# Serialise up/down/reset on one data dir. NB: fd 9 must not leak into the daemons we start
+# (every daemon launch below closes it with 9>&-), or they would hold the lock forever.
 lock() {
   mkdir -p "$DATA_DIR"
   exec 9>"$DATA_DIR/.infra.lock"
-  flock -w 600 9 || die "another scripts/infra.sh is running (lock: $DATA_DIR/.infra.lock)"
+  flock -w 300 9 || die "another scripts/infra.sh up/down/reset holds $DATA_DIR/.infra.lock (waited 300s)"
 }
 
 cmd_up() {

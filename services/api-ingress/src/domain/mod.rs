@@ -1,0 +1,2 @@
+pub mod payment;
+pub mod ports;
