@@ -468,7 +468,8 @@ redis_down() {
 
 kafka_ours_running() {
   local pid; pid="$(read_pid "$KAFKA_PID")"
-  pid_alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka'
+  # the pid must still be *this* broker (not a reused pid, nor another kafka.Kafka JVM)
+  pid_alive "$pid" && tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF "$KAFKA_DIR/server.properties"
 }
 
 kafka_write_conf() {
@@ -682,7 +683,7 @@ EOF
 }
 
 usage() {
-  sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^set -euo pipefail/{/^set -euo/d;p}' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 main() {

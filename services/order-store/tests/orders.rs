@@ -32,7 +32,9 @@ impl OrderCache for RecordingCache {
 
 async fn pool() -> PgPool {
     let common = CommonConfig::for_tests();
-    let pool = paystream_kit::db::connect(&common.database_url, 5).await.unwrap();
+    let pool = paystream_kit::db::connect(&common.database_url, 5)
+        .await
+        .unwrap();
     paystream_kit::db::migrate(&pool).await.unwrap();
     pool
 }
@@ -137,7 +139,10 @@ async fn order(pool: &PgPool, id: PaymentId) -> OrderRow {
 }
 
 /// (event_type, from, to, applied) in arrival order.
-async fn history(pool: &PgPool, id: PaymentId) -> Vec<(String, Option<String>, Option<String>, bool)> {
+async fn history(
+    pool: &PgPool,
+    id: PaymentId,
+) -> Vec<(String, Option<String>, Option<String>, bool)> {
     sqlx::query(
         "SELECT event_type, from_status, to_status, applied FROM order_store.order_events
          WHERE payment_id = $1 ORDER BY id",
@@ -163,12 +168,18 @@ async fn a_result_before_the_request_ends_succeeded_with_the_request_details() {
 
     handle(&pool, &h, &psp(id, "succeeded")).await;
     let o = order(&pool, id).await;
-    assert_eq!((o.status.as_str(), o.version, o.amount_captured), ("succeeded", 1, 1250));
+    assert_eq!(
+        (o.status.as_str(), o.version, o.amount_captured),
+        ("succeeded", 1, 1250)
+    );
     assert_eq!(o.customer_id, None);
 
     handle(&pool, &h, &requested(id)).await;
     let o = order(&pool, id).await;
-    assert_eq!(o.status, "succeeded", "the request does not move the status");
+    assert_eq!(
+        o.status, "succeeded",
+        "the request does not move the status"
+    );
     assert_eq!(o.version, 2);
     assert_eq!(o.customer_id, s("cus_42"));
     assert_eq!(o.description, s("two teas"));
@@ -177,14 +188,27 @@ async fn a_result_before_the_request_ends_succeeded_with_the_request_details() {
     // The approval adds the score; its copy of the request adds nothing new.
     handle(&pool, &h, &risk(id, "approved")).await;
     let o = order(&pool, id).await;
-    assert_eq!((o.status.as_str(), o.version, o.risk_score), ("succeeded", 3, Some(7)));
+    assert_eq!(
+        (o.status.as_str(), o.version, o.risk_score),
+        ("succeeded", 3, Some(7))
+    );
 
     assert_eq!(
         history(&pool, id).await,
         vec![
             ("payment.psp_result".into(), None, s("succeeded"), true),
-            ("payment.requested".into(), s("succeeded"), s("succeeded"), true),
-            ("payment.risk_decided".into(), s("succeeded"), s("succeeded"), true),
+            (
+                "payment.requested".into(),
+                s("succeeded"),
+                s("succeeded"),
+                true
+            ),
+            (
+                "payment.risk_decided".into(),
+                s("succeeded"),
+                s("succeeded"),
+                true
+            ),
         ]
     );
 }
@@ -210,8 +234,24 @@ async fn a_refused_transition_is_recorded_and_leaves_the_order_alone() {
     assert_eq!(after.decline_code, None);
     let rows = history(&pool, id).await;
     assert_eq!(rows.len(), 5);
-    assert_eq!(rows[3], ("payment.psp_result".into(), s("succeeded"), s("declined"), false));
-    assert_eq!(rows[4], ("payment.psp_result".into(), s("succeeded"), s("succeeded"), false));
+    assert_eq!(
+        rows[3],
+        (
+            "payment.psp_result".into(),
+            s("succeeded"),
+            s("declined"),
+            false
+        )
+    );
+    assert_eq!(
+        rows[4],
+        (
+            "payment.psp_result".into(),
+            s("succeeded"),
+            s("succeeded"),
+            false
+        )
+    );
     let note: String = sqlx::query_scalar(
         "SELECT note FROM order_store.order_events WHERE payment_id = $1 ORDER BY id DESC LIMIT 1",
     )
@@ -236,7 +276,10 @@ async fn the_same_event_id_twice_is_applied_once() {
 
     handle(&pool, &h, &psp(id, "succeeded")).await;
     let o = order(&pool, id).await;
-    assert_eq!((o.status.as_str(), o.version, o.amount_captured), ("succeeded", 2, 1250));
+    assert_eq!(
+        (o.status.as_str(), o.version, o.amount_captured),
+        ("succeeded", 2, 1250)
+    );
 }
 
 #[tokio::test]

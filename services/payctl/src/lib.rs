@@ -74,7 +74,12 @@ pub fn fleet_topics() -> Vec<String> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Token { sub, role, ttl, secret } => {
+        Command::Token {
+            sub,
+            role,
+            ttl,
+            secret,
+        } => {
             println!("{}", auth::mint(&secret, &sub, role, ttl)?);
         }
         Command::Migrate { database_url } => {
@@ -84,12 +89,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("migrations applied");
         }
         Command::Topics {
-            command: TopicsCommand::Create { bootstrap, partitions, replication },
+            command:
+                TopicsCommand::Create {
+                    bootstrap,
+                    partitions,
+                    replication,
+                },
         } => {
             let all = fleet_topics();
-            let created =
-                paystream_messaging::admin::ensure_topics(&bootstrap, &all, partitions, replication).await?;
-            eprintln!("{} topics present, {} created now", all.len(), created.len());
+            let created = paystream_messaging::admin::ensure_topics(
+                &bootstrap,
+                &all,
+                partitions,
+                replication,
+            )
+            .await?;
+            eprintln!(
+                "{} topics present, {} created now",
+                all.len(),
+                created.len()
+            );
             for t in created {
                 eprintln!("  created {t}");
             }

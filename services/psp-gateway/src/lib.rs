@@ -27,7 +27,10 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     let base = ServiceBase::connect(SERVICE, config.common.clone(), 10).await?;
     let mut psps: Vec<Arc<dyn domain::ports::Psp>> = Vec::new();
     for psp in &config.psps {
-        psps.push(Arc::new(outbound::wire_psp::WirePsp::new(psp, config.call_timeout)?));
+        psps.push(Arc::new(outbound::wire_psp::WirePsp::new(
+            psp,
+            config.call_timeout,
+        )?));
     }
     let router = domain::routing::Router::new(config.route.clone());
     let handler = GatewayHandler::new(base.pool.clone(), psps, router, config.resolve_attempts);

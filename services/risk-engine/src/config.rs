@@ -19,8 +19,7 @@ impl Config {
         let mut per_currency = BTreeMap::new();
         for (name, value) in std::env::vars() {
             if let Some(code) = name.strip_prefix("PAYSTREAM_RISK_MAX_AMOUNT_") {
-                let currency = Currency::parse(code)
-                    .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+                let currency = Currency::parse(code).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
                 let limit: i64 = value
                     .parse()
                     .map_err(|e| anyhow::anyhow!("{name}={value:?}: {e}"))?;

@@ -6,8 +6,8 @@ pub mod domain;
 mod inbound;
 mod outbound;
 
-use paystream_kit::{ConsumerService, ServiceBase};
 use paystream_domain::topics;
+use paystream_kit::{ConsumerService, ServiceBase};
 
 pub use config::Config;
 pub use inbound::kafka::RiskHandler;
@@ -20,5 +20,6 @@ pub type Application = ConsumerService<RiskHandler>;
 pub async fn build(config: Config) -> anyhow::Result<Application> {
     let base = ServiceBase::connect(SERVICE, config.common.clone(), 10).await?;
     let runtime = base.runtime_config(DB_SCHEMA, &[topics::PAYMENTS_REQUESTED]);
-    base.consumer_service(runtime, RiskHandler::new(config.rules)).await
+    base.consumer_service(runtime, RiskHandler::new(config.rules))
+        .await
 }

@@ -46,7 +46,10 @@ impl Config {
                 let upper = name.to_uppercase();
                 PspEndpoint {
                     name: (*name).to_owned(),
-                    url: env_or(&format!("PSP_{upper}_URL"), &format!("http://127.0.0.1:{port}")),
+                    url: env_or(
+                        &format!("PSP_{upper}_URL"),
+                        &format!("http://127.0.0.1:{port}"),
+                    ),
                     api_key: env_or(&format!("PSP_{upper}_API_KEY"), &format!("sk_test_{name}")),
                 }
             })
@@ -55,10 +58,19 @@ impl Config {
             common: CommonConfig::from_env("127.0.0.1:9105"),
             psps,
             timing: Timing {
-                settle_delay: Duration::from_millis(env_parse("PAYSTREAM_VALIDATOR_SETTLE_MS", 1000u64)?),
+                settle_delay: Duration::from_millis(env_parse(
+                    "PAYSTREAM_VALIDATOR_SETTLE_MS",
+                    1000u64,
+                )?),
                 grace: Duration::from_millis(env_parse("PAYSTREAM_VALIDATOR_GRACE_MS", 30_000u64)?),
-                deadline: Duration::from_millis(env_parse("PAYSTREAM_VALIDATOR_DEADLINE_MS", 300_000u64)?),
-                poll_interval: Duration::from_millis(env_parse("PAYSTREAM_VALIDATOR_POLL_MS", 500u64)?),
+                deadline: Duration::from_millis(env_parse(
+                    "PAYSTREAM_VALIDATOR_DEADLINE_MS",
+                    300_000u64,
+                )?),
+                poll_interval: Duration::from_millis(env_parse(
+                    "PAYSTREAM_VALIDATOR_POLL_MS",
+                    500u64,
+                )?),
             },
         })
     }

@@ -31,7 +31,10 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
     let psps: Vec<Arc<dyn domain::ports::PspLedger>> = config
         .psps
         .iter()
-        .map(|p| outbound::psp::WirePspLedger::new(p).map(|l| Arc::new(l) as Arc<dyn domain::ports::PspLedger>))
+        .map(|p| {
+            outbound::psp::WirePspLedger::new(p)
+                .map(|l| Arc::new(l) as Arc<dyn domain::ports::PspLedger>)
+        })
         .collect::<anyhow::Result<_>>()?;
     let checker = inbound::checker::Checker::new(
         base.pool.clone(),

@@ -246,7 +246,11 @@ mod tests {
             "4242-4242-4242-4242",
             "pm_4242424242424242",
         ] {
-            assert_eq!(PaymentMethod::parse(pan), Err(ParseError::RawCardNumber), "{pan}");
+            assert_eq!(
+                PaymentMethod::parse(pan),
+                Err(ParseError::RawCardNumber),
+                "{pan}"
+            );
         }
         assert!(PaymentMethod::parse("pm_card_visa").is_ok());
         assert!(PaymentMethod::parse("tok_visa").is_err());

@@ -73,9 +73,13 @@ impl Amount {
 
     pub fn new(minor: i64) -> Result<Self, ParseError> {
         if minor <= 0 {
-            Err(ParseError::Invalid("amount must be a positive integer in minor units"))
+            Err(ParseError::Invalid(
+                "amount must be a positive integer in minor units",
+            ))
         } else if minor > Self::MAX {
-            Err(ParseError::Invalid("amount is above the largest supported amount"))
+            Err(ParseError::Invalid(
+                "amount is above the largest supported amount",
+            ))
         } else {
             Ok(Self(minor))
         }
@@ -105,7 +109,10 @@ mod tests {
 
     #[test]
     fn currency_must_be_a_known_upper_case_code() {
-        assert_eq!(Currency::parse("EUR").map(|c| c.to_string()), Ok("EUR".into()));
+        assert_eq!(
+            Currency::parse("EUR").map(|c| c.to_string()),
+            Ok("EUR".into())
+        );
         assert!(Currency::parse("eur").is_err());
         assert!(Currency::parse("EUD").is_err());
         assert!(Currency::parse("EURO").is_err());

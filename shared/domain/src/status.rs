@@ -85,7 +85,14 @@ mod tests {
     #[test]
     fn terminal_states_never_move() {
         for from in [Succeeded, Declined, Failed, Canceled] {
-            for to in [Processing, RequiresCapture, Succeeded, Declined, Failed, Canceled] {
+            for to in [
+                Processing,
+                RequiresCapture,
+                Succeeded,
+                Declined,
+                Failed,
+                Canceled,
+            ] {
                 assert!(!from.can_become(to), "{from} -> {to}");
             }
         }

@@ -26,7 +26,11 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    pub async fn bind(addr: &str, registry: Registry, pool: Option<PgPool>) -> anyhow::Result<Self> {
+    pub async fn bind(
+        addr: &str,
+        registry: Registry,
+        pool: Option<PgPool>,
+    ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the admin listener on {addr}"))?;

@@ -47,7 +47,9 @@ impl CommonConfig {
             database_url: env_or("DATABASE_URL", DEFAULT_DATABASE_URL),
             redis_url: env_or("REDIS_URL", DEFAULT_REDIS_URL),
             admin_addr: env_or("PAYSTREAM_ADMIN_ADDR", default_admin_addr),
-            group_id: std::env::var("PAYSTREAM_GROUP_ID").ok().filter(|v| !v.is_empty()),
+            group_id: std::env::var("PAYSTREAM_GROUP_ID")
+                .ok()
+                .filter(|v| !v.is_empty()),
         }
     }
 

@@ -22,7 +22,11 @@ pub struct ServiceBase {
 }
 
 impl ServiceBase {
-    pub async fn connect(name: &str, common: CommonConfig, max_db_connections: u32) -> anyhow::Result<Self> {
+    pub async fn connect(
+        name: &str,
+        common: CommonConfig,
+        max_db_connections: u32,
+    ) -> anyhow::Result<Self> {
         let pool = db::connect(&common.database_url, max_db_connections).await?;
         db::migrate(&pool).await?;
         let registry = Registry::new();
@@ -52,7 +56,8 @@ impl ServiceBase {
     }
 
     pub fn runtime_config(&self, db_schema: &str, topics: &[&str]) -> RuntimeConfig {
-        let mut cfg = RuntimeConfig::new(&self.name, &self.common.kafka_bootstrap, db_schema, topics);
+        let mut cfg =
+            RuntimeConfig::new(&self.name, &self.common.kafka_bootstrap, db_schema, topics);
         if let Some(group) = &self.common.group_id {
             cfg.group_id = group.clone();
         }
@@ -66,10 +71,14 @@ impl ServiceBase {
         handler: H,
     ) -> anyhow::Result<ConsumerService<H>> {
         let relay = self.relay(&runtime.db_schema)?;
-        let admin =
-            AdminServer::bind(&self.common.admin_addr, self.registry.clone(), Some(self.pool.clone()))
-                .await?;
-        let runtime = ConsumerRuntime::new(runtime, self.pool.clone(), handler, self.metrics.clone());
+        let admin = AdminServer::bind(
+            &self.common.admin_addr,
+            self.registry.clone(),
+            Some(self.pool.clone()),
+        )
+        .await?;
+        let runtime =
+            ConsumerRuntime::new(runtime, self.pool.clone(), handler, self.metrics.clone());
         Ok(ConsumerService {
             admin,
             runtime,

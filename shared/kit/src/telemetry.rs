@@ -7,7 +7,9 @@ pub fn init(service: &str) {
         EnvFilter::new("info,sqlx=warn,rdkafka=warn,hyper=warn,tower_http=info")
     });
     let json = std::env::var("PAYSTREAM_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     let result = if json {
         builder.json().flatten_event(true).try_init()
     } else {

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
-use backoff::backoff::Backoff;
 use backoff::ExponentialBackoffBuilder;
+use backoff::backoff::Backoff;
 use chrono::{DateTime, Utc};
 use paystream_domain::{PaymentId, topics};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -133,8 +133,8 @@ impl RetryPolicy {
                 "PAYSTREAM_RETRY_MAX_BACKOFF_MS",
                 d.max_backoff.as_millis() as u64,
             )),
-            max_attempts: num("PAYSTREAM_RETRY_MAX_ATTEMPTS", d.max_attempts.into())
-                .clamp(1, 1000) as u32,
+            max_attempts: num("PAYSTREAM_RETRY_MAX_ATTEMPTS", d.max_attempts.into()).clamp(1, 1000)
+                as u32,
             retry_topic_delay: Duration::from_millis(num(
                 "PAYSTREAM_RETRY_TOPIC_DELAY_MS",
                 d.retry_topic_delay.as_millis() as u64,
@@ -242,16 +242,21 @@ impl<H: Handler> ConsumerRuntime<H> {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let main_consumer = self.subscribe(&self.config.topics)?;
         let retry_consumer = self.subscribe(&[self.config.retry_topic()])?;
-        let main = self.clone().consume(main_consumer, Source::Main, shutdown.clone());
-        let retry = self.clone().consume(retry_consumer, Source::Retry, shutdown.clone());
+        let main = self
+            .clone()
+            .consume(main_consumer, Source::Main, shutdown.clone());
+        let retry = self
+            .clone()
+            .consume(retry_consumer, Source::Retry, shutdown.clone());
         let (a, b) = tokio::join!(main, retry);
         a.and(b)
     }
 
     fn subscribe(&self, topics: &[String]) -> anyhow::Result<StreamConsumer> {
-        let consumer: StreamConsumer = consumer_config(&self.config.bootstrap, &self.config.group_id)
-            .create()
-            .context("creating the Kafka consumer")?;
+        let consumer: StreamConsumer =
+            consumer_config(&self.config.bootstrap, &self.config.group_id)
+                .create()
+                .context("creating the Kafka consumer")?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&names)
@@ -280,7 +285,9 @@ impl<H: Handler> ConsumerRuntime<H> {
             if !self.process_until_durable(&batch, source, &shutdown).await {
                 break;
             }
-            self.metrics.batch_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
             commit(&consumer, &batch);
         }
         tracing::info!(group = %self.config.group_id, ?source, "consumer stopped");
@@ -359,13 +366,22 @@ impl<H: Handler> ConsumerRuntime<H> {
 
     fn record_metrics(&self, batch: &[RawRecord], outcome: &BatchOutcome) {
         for r in batch {
-            self.metrics.consumed.with_label_values(&[r.topic.as_str()]).inc();
+            self.metrics
+                .consumed
+                .with_label_values(&[r.topic.as_str()])
+                .inc();
         }
         for kind in &outcome.dead_lettered {
-            self.metrics.dead_lettered.with_label_values(&[kind.as_str()]).inc();
+            self.metrics
+                .dead_lettered
+                .with_label_values(&[kind.as_str()])
+                .inc();
         }
         for topic in &outcome.duplicates {
-            self.metrics.duplicates.with_label_values(&[topic.as_str()]).inc();
+            self.metrics
+                .duplicates
+                .with_label_values(&[topic.as_str()])
+                .inc();
         }
         if outcome.sent_to_retry > 0 {
             self.metrics
@@ -381,11 +397,20 @@ impl<H: Handler> ConsumerRuntime<H> {
         }
     }
 
-    async fn process_batch(&self, batch: &[RawRecord], source: Source) -> anyhow::Result<BatchOutcome> {
+    async fn process_batch(
+        &self,
+        batch: &[RawRecord],
+        source: Source,
+    ) -> anyhow::Result<BatchOutcome> {
         let mut outcome = BatchOutcome::default();
-        let mut tx = self.pool.begin().await.context("beginning batch transaction")?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context("beginning batch transaction")?;
         for raw in batch {
-            self.process_record(&mut tx, raw, source, &mut outcome).await?;
+            self.process_record(&mut tx, raw, source, &mut outcome)
+                .await?;
         }
         tx.commit().await.context("committing batch transaction")?;
         Ok(outcome)
@@ -406,7 +431,8 @@ impl<H: Handler> ConsumerRuntime<H> {
                 let id = position_id(raw);
                 if claim(tx, schema, id, raw, Claim::Done).await? == Existing::None {
                     let now = Utc::now();
-                    self.dead_letter(tx, raw, ErrorKind::Poison, reason.clone(), 0, now).await?;
+                    self.dead_letter(tx, raw, ErrorKind::Poison, reason.clone(), 0, now)
+                        .await?;
                     tracing::warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, reason = %reason, "poison record dead-lettered");
                     outcome.dead_lettered.push(ErrorKind::Poison);
                 }
@@ -427,7 +453,9 @@ impl<H: Handler> ConsumerRuntime<H> {
             return Ok(());
         }
         let span = tracing::info_span!("handle", payment_id = %event.payment_id, event_type = %event.event_type, event_id = %event.event_id);
-        self.run_handler(tx, raw, &event, outcome).instrument(span).await
+        self.run_handler(tx, raw, &event, outcome)
+            .instrument(span)
+            .await
     }
 
     async fn run_handler(
@@ -451,7 +479,9 @@ impl<H: Handler> ConsumerRuntime<H> {
             let mut emitter = Emitter::new(event.traceparent.clone(), event.correlation_id.clone());
             let timer = Instant::now();
             let result = self.handler.handle(&mut sp, event, &mut emitter).await;
-            self.metrics.handler_seconds.observe(timer.elapsed().as_secs_f64());
+            self.metrics
+                .handler_seconds
+                .observe(timer.elapsed().as_secs_f64());
             let err = match result {
                 Ok(()) => {
                     outbox::enqueue(&mut sp, schema, &emitter.take()).await?;
@@ -469,7 +499,8 @@ impl<H: Handler> ConsumerRuntime<H> {
                 HandlerError::Permanent(e) => {
                     let msg = format!("{e:#}");
                     tracing::warn!(error = %msg, "permanent failure; dead-lettering");
-                    self.dead_letter(tx, raw, ErrorKind::Permanent, msg, total, first).await?;
+                    self.dead_letter(tx, raw, ErrorKind::Permanent, msg, total, first)
+                        .await?;
                     outcome.dead_lettered.push(ErrorKind::Permanent);
                     return mark(tx, schema, event.event_id, Claim::Done).await;
                 }
@@ -477,7 +508,8 @@ impl<H: Handler> ConsumerRuntime<H> {
                     let msg = format!("{e:#}");
                     if total >= policy.max_attempts {
                         tracing::error!(attempts = total, error = %msg, "retries exhausted; dead-lettering");
-                        self.dead_letter(tx, raw, ErrorKind::Exhausted, msg, total, first).await?;
+                        self.dead_letter(tx, raw, ErrorKind::Exhausted, msg, total, first)
+                            .await?;
                         outcome.dead_lettered.push(ErrorKind::Exhausted);
                         return mark(tx, schema, event.event_id, Claim::Done).await;
                     }
@@ -586,7 +618,8 @@ async fn claim(
 }
 
 async fn mark(tx: &mut PgConnection, schema: &str, id: Uuid, status: Claim) -> anyhow::Result<()> {
-    let sql = format!("UPDATE {schema}.inbox SET status = $2, processed_at = now() WHERE event_id = $1");
+    let sql =
+        format!("UPDATE {schema}.inbox SET status = $2, processed_at = now() WHERE event_id = $1");
     sqlx::query(AssertSqlSafe(sql))
         .bind(id)
         .bind(status.as_str())
@@ -617,7 +650,11 @@ pub fn parse(raw: &RawRecord) -> Result<InboundEvent, String> {
     let envelope: Envelope<serde_json::Value> =
         serde_json::from_value(value).map_err(|e| format!("invalid envelope: {e}"))?;
     registry
-        .validate_data(&envelope.event_type, envelope.schema_version, &envelope.data)
+        .validate_data(
+            &envelope.event_type,
+            envelope.schema_version,
+            &envelope.data,
+        )
         .map_err(|e| e.to_string())?;
     Ok(InboundEvent {
         event_id: envelope.event_id,
@@ -639,7 +676,12 @@ fn to_raw(m: &BorrowedMessage<'_>) -> RawRecord {
         .headers()
         .map(|hs| {
             hs.iter()
-                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec).unwrap_or_default()))
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();

@@ -237,7 +237,10 @@ mod tests {
         let dlt = dead_letter(&retried, "risk-engine", "risk-engine", &failure);
         assert_eq!(dlt.value, raw().value.unwrap_or_default());
         assert_eq!(dlt.key, raw().key);
-        assert_eq!(dlt.header("dlt.original.topic"), Some(&b"payments.requested"[..]));
+        assert_eq!(
+            dlt.header("dlt.original.topic"),
+            Some(&b"payments.requested"[..])
+        );
         assert_eq!(dlt.header("dlt.original.offset"), Some(&b"42"[..]));
         assert_eq!(dlt.header("traceparent"), Some(&b"00-x"[..]));
         assert!(dlt.headers.iter().all(|(n, _)| !n.starts_with("retry.")));

@@ -34,7 +34,10 @@ impl OutboxRecord {
             headers: vec![
                 ("event_type".to_owned(), E::EVENT_TYPE.as_bytes().to_vec()),
                 ("traceparent".to_owned(), traceparent.as_bytes().to_vec()),
-                ("correlation_id".to_owned(), correlation_id.as_bytes().to_vec()),
+                (
+                    "correlation_id".to_owned(),
+                    correlation_id.as_bytes().to_vec(),
+                ),
             ],
         })
     }
@@ -145,7 +148,9 @@ fn encode_headers(headers: &[(String, Vec<u8>)]) -> serde_json::Value {
 }
 
 pub(crate) fn decode_headers(value: &serde_json::Value) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
-    let items = value.as_array().context("outbox headers are not an array")?;
+    let items = value
+        .as_array()
+        .context("outbox headers are not an array")?;
     items
         .iter()
         .map(|pair| {
@@ -170,9 +175,7 @@ fn hex_decode(s: &str) -> anyhow::Result<Vec<u8>> {
     anyhow::ensure!(s.len() % 2 == 0, "odd hex length in outbox header");
     (0..s.len())
         .step_by(2)
-        .map(|i| {
-            u8::from_str_radix(&s[i..i + 2], 16).context("bad hex digit in outbox header")
-        })
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).context("bad hex digit in outbox header"))
         .collect()
 }
 
@@ -186,6 +189,9 @@ mod tests {
             ("a".to_owned(), vec![0u8, 255, 10, 13]),
             ("empty".to_owned(), vec![]),
         ];
-        assert_eq!(decode_headers(&encode_headers(&headers)).ok(), Some(headers));
+        assert_eq!(
+            decode_headers(&encode_headers(&headers)).ok(),
+            Some(headers)
+        );
     }
 }

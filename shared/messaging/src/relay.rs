@@ -105,7 +105,11 @@ impl OutboxRelay {
     }
 
     async fn publish_batch(&self) -> anyhow::Result<usize> {
-        let mut tx = self.pool.begin().await.context("beginning relay transaction")?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context("beginning relay transaction")?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtext($1))")
             .bind(format!("{}.outbox", self.schema))
             .fetch_one(&mut *tx)
@@ -178,7 +182,10 @@ impl OutboxRelay {
             .send(record, Timeout::After(Duration::from_secs(30)))
             .await
             .map_err(|(e, _)| anyhow::anyhow!("publishing to {topic}: {e}"))?;
-        self.metrics.produced.with_label_values(&[topic.as_str()]).inc();
+        self.metrics
+            .produced
+            .with_label_values(&[topic.as_str()])
+            .inc();
         Ok(())
     }
 }

@@ -128,7 +128,11 @@ pub fn capture_posting(
     let fee = fees.fee(captured);
     let entries = [
         (psp_clearing(&result.psp)?, Side::Debit, captured),
-        (merchant_payable(&result.merchant_id), Side::Credit, captured - fee),
+        (
+            merchant_payable(&result.merchant_id),
+            Side::Credit,
+            captured - fee,
+        ),
         (PLATFORM_FEES.to_owned(), Side::Credit, fee),
     ]
     .into_iter()
@@ -248,7 +252,10 @@ mod tests {
         assert_eq!(fixed.fee(1_000), 59);
         assert_eq!(fixed.fee(20), 20, "capped at the amount");
         assert_eq!(f.fee(Amount::MAX), 2_900_000_000); // 2_899_999_999.971
-        assert_eq!(FeeSchedule::new(10_001, 0), Err(LedgerError::FeeRate(10_001)));
+        assert_eq!(
+            FeeSchedule::new(10_001, 0),
+            Err(LedgerError::FeeRate(10_001))
+        );
         assert_eq!(FeeSchedule::new(0, -1), Err(LedgerError::FixedFee(-1)));
     }
 
@@ -258,7 +265,10 @@ mod tests {
         let posting = capture_posting(id, &result(10_000, 10_000), &FeeSchedule::default())
             .unwrap()
             .unwrap();
-        assert_eq!(posting.transfer_id, format!("tr_{}_capture", id.as_uuid().simple()));
+        assert_eq!(
+            posting.transfer_id,
+            format!("tr_{}_capture", id.as_uuid().simple())
+        );
         assert_eq!(posting.payment_id, id.to_string());
         assert_eq!(posting.kind, TransferKind::Capture);
         assert_eq!(
@@ -290,7 +300,9 @@ mod tests {
                 authorised: 1_000
             })
         );
-        let partial = capture_posting(id, &result(1_000, 400), &fees).unwrap().unwrap();
+        let partial = capture_posting(id, &result(1_000, 400), &fees)
+            .unwrap()
+            .unwrap();
         assert_eq!(partial.entries[0].amount, 400);
     }
 
@@ -298,10 +310,14 @@ mod tests {
     fn zero_entries_are_left_out_and_the_transfer_still_balances() {
         let id = PaymentId::new();
         let free = FeeSchedule::new(0, 0).unwrap();
-        let posting = capture_posting(id, &result(500, 500), &free).unwrap().unwrap();
+        let posting = capture_posting(id, &result(500, 500), &free)
+            .unwrap()
+            .unwrap();
         assert_eq!(posting.entries.len(), 2);
         let all = FeeSchedule::new(0, 1_000).unwrap();
-        let posting = capture_posting(id, &result(500, 500), &all).unwrap().unwrap();
+        let posting = capture_posting(id, &result(500, 500), &all)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             posting.entries,
             vec![
@@ -336,9 +352,27 @@ mod tests {
             },
         )]);
         let next = apply_posting(&current, &posting).unwrap();
-        assert_eq!(next["platform:fees"], Totals { debits: 0, credits: 300 });
-        assert_eq!(next["psp:alpha:clearing"], Totals { debits: 10_000, credits: 0 });
-        assert_eq!(next["merchant:m_1:payable"], Totals { debits: 0, credits: 9_710 });
+        assert_eq!(
+            next["platform:fees"],
+            Totals {
+                debits: 0,
+                credits: 300
+            }
+        );
+        assert_eq!(
+            next["psp:alpha:clearing"],
+            Totals {
+                debits: 10_000,
+                credits: 0
+            }
+        );
+        assert_eq!(
+            next["merchant:m_1:payable"],
+            Totals {
+                debits: 0,
+                credits: 9_710
+            }
+        );
     }
 
     #[test]
@@ -376,7 +410,16 @@ mod tests {
             })
         );
         // Clearing accounts are debit-normal and may hold any balance.
-        assert!(ensure_payable_not_negative("psp:alpha:clearing", Totals { debits: 0, credits: 9 }).is_ok());
+        assert!(
+            ensure_payable_not_negative(
+                "psp:alpha:clearing",
+                Totals {
+                    debits: 0,
+                    credits: 9
+                }
+            )
+            .is_ok()
+        );
     }
 
     #[test]

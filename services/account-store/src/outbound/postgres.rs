@@ -48,7 +48,10 @@ pub async fn post_transfer(
     let accounts: BTreeSet<&str> = posting.entries.iter().map(|e| e.account.as_str()).collect();
     let mut current = BTreeMap::new();
     for account in accounts {
-        current.insert(account.to_owned(), lock_account(tx, account, currency).await?);
+        current.insert(
+            account.to_owned(),
+            lock_account(tx, account, currency).await?,
+        );
     }
     let next = match domain::apply_posting(&current, posting) {
         Ok(next) => next,
@@ -94,7 +97,11 @@ pub async fn post_transfer(
 }
 
 /// Creates the account on first use, then takes its row lock for the rest of the transaction.
-async fn lock_account(tx: &mut PgConnection, account: &str, currency: &str) -> anyhow::Result<Totals> {
+async fn lock_account(
+    tx: &mut PgConnection,
+    account: &str,
+    currency: &str,
+) -> anyhow::Result<Totals> {
     sqlx::query(
         "INSERT INTO account_store.accounts (account, currency) VALUES ($1, $2)
          ON CONFLICT (account, currency) DO NOTHING",
@@ -122,7 +129,10 @@ async fn lock_account(tx: &mut PgConnection, account: &str, currency: &str) -> a
 /// The merchant's available balance per currency (credits minus debits of its payable account),
 /// for `GET /v1/balance`. Read from the running totals, which every posting keeps equal to the
 /// sum of the entries.
-pub async fn balances(pool: &PgPool, merchant_id: &MerchantId) -> anyhow::Result<Vec<(Currency, i64)>> {
+pub async fn balances(
+    pool: &PgPool,
+    merchant_id: &MerchantId,
+) -> anyhow::Result<Vec<(Currency, i64)>> {
     let rows = sqlx::query(
         "SELECT currency, credits - debits AS available FROM account_store.accounts
          WHERE account = $1 ORDER BY currency",
@@ -133,7 +143,9 @@ pub async fn balances(pool: &PgPool, merchant_id: &MerchantId) -> anyhow::Result
     .context("reading merchant balances")?;
     rows.iter()
         .map(|row| {
-            let code: String = row.try_get("currency").context("reading accounts.currency")?;
+            let code: String = row
+                .try_get("currency")
+                .context("reading accounts.currency")?;
             let currency = Currency::parse(&code)
                 .map_err(|e| anyhow::anyhow!("accounts.currency {code:?}: {e}"))?;
             let available: i64 = row.try_get("available").context("reading the balance")?;

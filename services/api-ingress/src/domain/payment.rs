@@ -60,7 +60,10 @@ pub struct RawCreatePayment {
     pub unknown: BTreeMap<String, serde_json::Value>,
 }
 
-fn string_field<'a>(value: &'a Option<serde_json::Value>, param: &str) -> Result<&'a str, FieldError> {
+fn string_field<'a>(
+    value: &'a Option<serde_json::Value>,
+    param: &str,
+) -> Result<&'a str, FieldError> {
     match value {
         None | Some(serde_json::Value::Null) => Err(FieldError::missing(param)),
         Some(serde_json::Value::String(s)) => Ok(s),
@@ -69,7 +72,10 @@ fn string_field<'a>(value: &'a Option<serde_json::Value>, param: &str) -> Result
 }
 
 /// Parses the raw body into the domain request. The first problem found is reported.
-pub fn parse_create(raw: RawCreatePayment, merchant: MerchantId) -> Result<PaymentRequested, FieldError> {
+pub fn parse_create(
+    raw: RawCreatePayment,
+    merchant: MerchantId,
+) -> Result<PaymentRequested, FieldError> {
     if let Some(name) = raw.unknown.keys().next() {
         return Err(FieldError::invalid(name, "is not a known parameter"));
     }
@@ -78,7 +84,12 @@ pub fn parse_create(raw: RawCreatePayment, merchant: MerchantId) -> Result<Payme
         Some(serde_json::Value::Number(n)) => n
             .as_i64()
             .ok_or_else(|| FieldError::invalid("amount", "must be an integer in minor units"))?,
-        Some(_) => return Err(FieldError::invalid("amount", "must be an integer in minor units")),
+        Some(_) => {
+            return Err(FieldError::invalid(
+                "amount",
+                "must be an integer in minor units",
+            ));
+        }
     };
     let amount = Amount::new(amount).map_err(|e| FieldError::new("amount", e))?;
     let currency = Currency::parse(string_field(&raw.currency, "currency")?)
@@ -91,7 +102,12 @@ pub fn parse_create(raw: RawCreatePayment, merchant: MerchantId) -> Result<Payme
         None | Some(serde_json::Value::Null) => CaptureMode::Automatic,
         Some(serde_json::Value::String(s)) if s == "automatic" => CaptureMode::Automatic,
         Some(serde_json::Value::String(s)) if s == "manual" => CaptureMode::Manual,
-        Some(_) => return Err(FieldError::invalid("capture", "must be automatic or manual")),
+        Some(_) => {
+            return Err(FieldError::invalid(
+                "capture",
+                "must be automatic or manual",
+            ));
+        }
     };
     let description = match &raw.description {
         None | Some(serde_json::Value::Null) => None,
@@ -101,7 +117,12 @@ pub fn parse_create(raw: RawCreatePayment, merchant: MerchantId) -> Result<Payme
             }
             Some(s.clone())
         }
-        Some(_) => return Err(FieldError::invalid("description", "must be a string of at most 1000 characters")),
+        Some(_) => {
+            return Err(FieldError::invalid(
+                "description",
+                "must be a string of at most 1000 characters",
+            ));
+        }
     };
     let metadata = parse_metadata(&raw.metadata)?;
     Ok(PaymentRequested {
@@ -116,11 +137,18 @@ pub fn parse_create(raw: RawCreatePayment, merchant: MerchantId) -> Result<Payme
     })
 }
 
-fn parse_metadata(value: &Option<serde_json::Value>) -> Result<BTreeMap<String, String>, FieldError> {
+fn parse_metadata(
+    value: &Option<serde_json::Value>,
+) -> Result<BTreeMap<String, String>, FieldError> {
     let map = match value {
         None | Some(serde_json::Value::Null) => return Ok(BTreeMap::new()),
         Some(serde_json::Value::Object(map)) => map,
-        Some(_) => return Err(FieldError::invalid("metadata", "must be an object of string values")),
+        Some(_) => {
+            return Err(FieldError::invalid(
+                "metadata",
+                "must be an object of string values",
+            ));
+        }
     };
     if map.len() > 20 {
         return Err(FieldError::invalid("metadata", "at most 20 keys"));
@@ -227,7 +255,11 @@ mod tests {
             ("amount", serde_json::json!(1.5), "parameter_invalid"),
             ("amount", serde_json::json!("100"), "parameter_invalid"),
             ("currency", serde_json::json!("eur"), "parameter_invalid"),
-            ("payment_method", serde_json::json!("4242424242424242"), "raw_card_data_refused"),
+            (
+                "payment_method",
+                serde_json::json!("4242424242424242"),
+                "raw_card_data_refused",
+            ),
             ("capture", serde_json::json!("later"), "parameter_invalid"),
         ] {
             let mut body = base.clone();
@@ -237,7 +269,10 @@ mod tests {
         }
         let mut body = base.clone();
         body.as_object_mut().unwrap().remove("customer_id");
-        assert_eq!(parse_create(raw(body), merchant()).unwrap_err().code, "parameter_missing");
+        assert_eq!(
+            parse_create(raw(body), merchant()).unwrap_err().code,
+            "parameter_missing"
+        );
     }
 
     #[test]

@@ -9,7 +9,10 @@ pub enum Accepted {
     /// First use of the key: the request is now durable.
     Created(PaymentView),
     /// The key was used before for this same request: the saved answer.
-    Replayed { status: u16, body: serde_json::Value },
+    Replayed {
+        status: u16,
+        body: serde_json::Value,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

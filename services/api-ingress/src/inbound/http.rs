@@ -15,8 +15,8 @@ use paystream_kit::auth::{self, Claims, Role, TokenError};
 use paystream_messaging::trace;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 use serde_json::json;
-use tracing::Instrument;
 use sqlx::PgPool;
+use tracing::Instrument;
 
 use crate::domain::payment::{RawCreatePayment, parse_create, request_hash};
 use crate::domain::ports::{Accepted, PaymentCache, PaymentStore, StoreError};
@@ -40,11 +40,17 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     pub fn new(registry: &Registry) -> anyhow::Result<Self> {
         let requests = IntCounterVec::new(
-            Opts::new("api_ingress_http_requests_total", "HTTP requests by route and status class"),
+            Opts::new(
+                "api_ingress_http_requests_total",
+                "HTTP requests by route and status class",
+            ),
             &["route", "status"],
         )?;
         let latency = HistogramVec::new(
-            HistogramOpts::new("api_ingress_http_request_duration_seconds", "HTTP request latency"),
+            HistogramOpts::new(
+                "api_ingress_http_request_duration_seconds",
+                "HTTP request latency",
+            ),
             &["route"],
         )?;
         registry.register(Box::new(requests.clone()))?;
@@ -73,7 +79,11 @@ async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Res
     let started = Instant::now();
     let response = next.run(req).await;
     let class = format!("{}xx", response.status().as_u16() / 100);
-    state.metrics.requests.with_label_values(&[route.as_str(), class.as_str()]).inc();
+    state
+        .metrics
+        .requests
+        .with_label_values(&[route.as_str(), class.as_str()])
+        .inc();
     state
         .metrics
         .latency
@@ -93,7 +103,12 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+    fn new(
+        status: StatusCode,
+        kind: &'static str,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             kind,
@@ -109,11 +124,22 @@ impl ApiError {
     }
 
     fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            code,
+            message,
+        )
     }
 
     fn not_found() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "resource_missing", "no such payment").param("id")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "resource_missing",
+            "no such payment",
+        )
+        .param("id")
     }
 
     /// A real fault: the cause chain is logged once, here, and the merchant gets no internals.
@@ -145,11 +171,18 @@ impl IntoResponse for ApiError {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "route_not_found", "no such route")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "route_not_found",
+        "no such route",
+    )
 }
 
 fn authenticate(headers: &HeaderMap, secret: &str) -> Result<Claims, ApiError> {
-    let unauthorized = |code, msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, "authentication_error", code, msg);
+    let unauthorized = |code, msg: &str| {
+        ApiError::new(StatusCode::UNAUTHORIZED, "authentication_error", code, msg)
+    };
     let value = headers
         .get("authorization")
         .ok_or_else(|| unauthorized("missing_token", "send Authorization: Bearer <token>"))?;
@@ -159,10 +192,18 @@ fn authenticate(headers: &HeaderMap, secret: &str) -> Result<Claims, ApiError> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| unauthorized("malformed_token", "the Authorization header must be Bearer <token>"))?;
+        .ok_or_else(|| {
+            unauthorized(
+                "malformed_token",
+                "the Authorization header must be Bearer <token>",
+            )
+        })?;
     auth::verify(secret, token).map_err(|e| match e {
         TokenError::Expired => unauthorized("expired_token", "the token has expired"),
-        TokenError::Invalid => unauthorized("invalid_token", "the token is malformed or its signature is invalid"),
+        TokenError::Invalid => unauthorized(
+            "invalid_token",
+            "the token is malformed or its signature is invalid",
+        ),
     })
 }
 
@@ -176,18 +217,33 @@ fn require_merchant(claims: &Claims) -> Result<MerchantId, ApiError> {
         ));
     }
     MerchantId::parse(&claims.sub).map_err(|_| {
-        ApiError::new(StatusCode::FORBIDDEN, "permission_error", "invalid_subject", "the token's subject is not a valid merchant id")
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            "invalid_subject",
+            "the token's subject is not a valid merchant id",
+        )
     })
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
-    let raw = headers
-        .get("idempotency-key")
-        .ok_or_else(|| ApiError::invalid("idempotency_key_missing", "the Idempotency-Key header is required").param("Idempotency-Key"))?;
-    let raw = raw
-        .to_str()
-        .map_err(|_| ApiError::invalid("idempotency_key_invalid", "Idempotency-Key must be visible ASCII").param("Idempotency-Key"))?;
-    IdempotencyKey::parse(raw).map_err(|e| ApiError::invalid("idempotency_key_invalid", e.to_string()).param("Idempotency-Key"))
+    let raw = headers.get("idempotency-key").ok_or_else(|| {
+        ApiError::invalid(
+            "idempotency_key_missing",
+            "the Idempotency-Key header is required",
+        )
+        .param("Idempotency-Key")
+    })?;
+    let raw = raw.to_str().map_err(|_| {
+        ApiError::invalid(
+            "idempotency_key_invalid",
+            "Idempotency-Key must be visible ASCII",
+        )
+        .param("Idempotency-Key")
+    })?;
+    IdempotencyKey::parse(raw).map_err(|e| {
+        ApiError::invalid("idempotency_key_invalid", e.to_string()).param("Idempotency-Key")
+    })
 }
 
 fn traceparent(headers: &HeaderMap) -> String {
@@ -195,14 +251,22 @@ fn traceparent(headers: &HeaderMap) -> String {
     trace::child_traceparent(incoming)
 }
 
-async fn create_payment(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+async fn create_payment(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let claims = authenticate(&headers, &state.jwt_secret)?;
     let merchant = require_merchant(&claims)?;
     let key = idempotency_key(&headers)?;
     let raw: RawCreatePayment = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::invalid("body_invalid", format!("the body must be a JSON object: {}", e.classify_message()))
+        ApiError::invalid(
+            "body_invalid",
+            format!("the body must be a JSON object: {}", e.classify_message()),
+        )
     })?;
-    let request = parse_create(raw, merchant).map_err(|e| ApiError::invalid(e.code, e.message).param(e.param))?;
+    let request = parse_create(raw, merchant)
+        .map_err(|e| ApiError::invalid(e.code, e.message).param(e.param))?;
     let hash = request_hash("create", &request);
     let payment_id = PaymentId::new();
     let span = tracing::info_span!("create_payment", payment_id = %payment_id, merchant_id = %request.merchant_id);
@@ -252,20 +316,33 @@ impl ClassifyMessage for serde_json::Error {
     fn classify_message(&self) -> String {
         match self.classify() {
             serde_json::error::Category::Io => "could not be read".to_owned(),
-            serde_json::error::Category::Syntax => format!("syntax error at line {} column {}", self.line(), self.column()),
+            serde_json::error::Category::Syntax => format!(
+                "syntax error at line {} column {}",
+                self.line(),
+                self.column()
+            ),
             serde_json::error::Category::Data => "it is not an object".to_owned(),
             serde_json::error::Category::Eof => "it ends too early".to_owned(),
         }
     }
 }
 
-async fn get_payment(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_payment(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let claims = authenticate(&headers, &state.jwt_secret)?;
     let merchant = match claims.role {
         Role::Merchant => Some(require_merchant(&claims)?),
         Role::Operator => None,
         Role::Analyst => {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "permission_error", "role_not_allowed", "analysts read the reporting views"));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "role_not_allowed",
+                "analysts read the reporting views",
+            ));
         }
     };
     let id = PaymentId::parse(&id).map_err(|_| ApiError::not_found())?;
@@ -278,9 +355,15 @@ async fn get_payment(State(state): State<AppState>, headers: HeaderMap, Path(id)
             };
         }
         Ok(None) => {}
-        Err(e) => tracing::warn!(payment_id = %id, error = %e, "cache unavailable; reading the store"),
+        Err(e) => {
+            tracing::warn!(payment_id = %id, error = %e, "cache unavailable; reading the store")
+        }
     }
-    let found = state.store.find_payment(merchant.as_ref(), id).await.map_err(ApiError::internal)?;
+    let found = state
+        .store
+        .find_payment(merchant.as_ref(), id)
+        .await
+        .map_err(ApiError::internal)?;
     let Some((view, from_order_store)) = found else {
         return Err(ApiError::not_found());
     };

@@ -32,7 +32,11 @@ impl PaymentStore for PgPaymentStore {
         traceparent: &str,
     ) -> Result<Accepted, StoreError> {
         let merchant = request.merchant_id.as_str();
-        let mut tx = self.pool.begin().await.context("beginning the request transaction")?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context("beginning the request transaction")?;
         // An expired key is forgotten here rather than by a purge job only, so its reuse after
         // 24 h behaves as a new key even if the purge has not run yet.
         sqlx::query(
@@ -103,7 +107,12 @@ impl PaymentStore for PgPaymentStore {
         .execute(&mut *tx)
         .await
         .context("storing the accepted payment")?;
-        let record = OutboxRecord::event(payment_id, request.clone(), traceparent, &payment_id.to_string())?;
+        let record = OutboxRecord::event(
+            payment_id,
+            request.clone(),
+            traceparent,
+            &payment_id.to_string(),
+        )?;
         outbox::enqueue(&mut tx, DB_SCHEMA, &[record]).await?;
         let view = PaymentView::accepted(payment_id, request, created);
         sqlx::query(
@@ -167,11 +176,14 @@ fn order_view(id: PaymentId, row: &sqlx::postgres::PgRow) -> anyhow::Result<Paym
     Ok(PaymentView {
         id,
         object: "payment".to_owned(),
-        merchant_id: MerchantId::parse(&merchant).map_err(|e| anyhow::anyhow!("stored merchant id: {e}"))?,
+        merchant_id: MerchantId::parse(&merchant)
+            .map_err(|e| anyhow::anyhow!("stored merchant id: {e}"))?,
         amount: row.try_get("amount")?,
         currency: row.try_get("currency")?,
         status: PaymentStatus::parse(&status).context("stored status")?,
-        capture: row.try_get::<Option<String>, _>("capture")?.unwrap_or_else(|| "automatic".to_owned()),
+        capture: row
+            .try_get::<Option<String>, _>("capture")?
+            .unwrap_or_else(|| "automatic".to_owned()),
         customer_id: row.try_get("customer_id")?,
         description: row.try_get("description")?,
         metadata: serde_json::from_value(metadata).unwrap_or_default(),

@@ -140,7 +140,9 @@ pub enum Write {
     None,
     Insert,
     /// Update the row only if it still has this version.
-    Update { expected_version: i32 },
+    Update {
+        expected_version: i32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,8 +160,8 @@ pub struct Change {
 pub fn apply(current: Option<Order>, payment_id: PaymentId, event: OrderEvent<'_>) -> Change {
     let (merchant_id, amount, currency) = event.identity();
     let created = current.is_none();
-    let base = current
-        .unwrap_or_else(|| Order::new(payment_id, merchant_id.clone(), amount, currency));
+    let base =
+        current.unwrap_or_else(|| Order::new(payment_id, merchant_id.clone(), amount, currency));
     let from = (!created).then_some(base.status);
     let mut notes = Vec::new();
     if created {
@@ -265,7 +267,9 @@ fn apply_psp_result(order: &mut Order, result: &PspResult) {
 fn psp_note(result: &PspResult) -> String {
     let psp = &result.psp;
     match result.outcome {
-        PspOutcome::Succeeded => format!("psp {psp}: succeeded, captured {}", result.amount_captured),
+        PspOutcome::Succeeded => {
+            format!("psp {psp}: succeeded, captured {}", result.amount_captured)
+        }
         PspOutcome::RequiresCapture => format!("psp {psp}: authorised, requires capture"),
         PspOutcome::Declined => format!(
             "psp {psp}: declined ({})",
@@ -335,7 +339,11 @@ mod tests {
             charge_id: Some("ch_1".into()),
             amount: Amount::new(1_000).unwrap(),
             currency: Currency::parse("EUR").unwrap(),
-            amount_captured: if outcome == PspOutcome::Succeeded { 1_000 } else { 0 },
+            amount_captured: if outcome == PspOutcome::Succeeded {
+                1_000
+            } else {
+                0
+            },
             decline_code: (outcome == PspOutcome::Declined).then(|| "card_declined".into()),
             message: None,
         }
@@ -363,10 +371,18 @@ mod tests {
 
         let req = request();
         let second = apply(Some(first.order), id, OrderEvent::Requested(&req));
-        assert_eq!(second.write, Write::Update { expected_version: 1 });
+        assert_eq!(
+            second.write,
+            Write::Update {
+                expected_version: 1
+            }
+        );
         assert_eq!(second.order.version, 2);
         assert_eq!(second.order.status, PaymentStatus::Succeeded);
-        assert_eq!(second.order.customer_id.as_ref().map(|c| c.as_str()), Some("c_1"));
+        assert_eq!(
+            second.order.customer_id.as_ref().map(|c| c.as_str()),
+            Some("c_1")
+        );
         assert_eq!(second.order.description.as_deref(), Some("tea"));
     }
 
@@ -412,7 +428,12 @@ mod tests {
         let declined = risk(RiskDecision::Declined);
         let change = apply(Some(change.order), id, OrderEvent::RiskDecided(&declined));
         assert_eq!(change.order.status, PaymentStatus::Declined);
-        assert_eq!(change.write, Write::Update { expected_version: 1 });
+        assert_eq!(
+            change.write,
+            Write::Update {
+                expected_version: 1
+            }
+        );
     }
 
     #[test]

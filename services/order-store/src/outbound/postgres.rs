@@ -136,7 +136,9 @@ pub async fn record_history(tx: &mut PgConnection, row: &HistoryRow<'_>) -> anyh
 }
 
 fn risk_score(order: &Order) -> Option<i32> {
-    order.risk_score.map(|s| i32::try_from(s).unwrap_or(i32::MAX))
+    order
+        .risk_score
+        .map(|s| i32::try_from(s).unwrap_or(i32::MAX))
 }
 
 fn risk_reasons(order: &Order) -> anyhow::Result<Option<serde_json::Value>> {
@@ -160,7 +162,9 @@ fn decode(row: &PgRow) -> anyhow::Result<Order> {
     };
     let invalid = |col: &str, e: &dyn std::fmt::Display| anyhow::anyhow!("orders.{col}: {e}");
 
-    let payment_id: Uuid = row.try_get("payment_id").context("reading orders.payment_id")?;
+    let payment_id: Uuid = row
+        .try_get("payment_id")
+        .context("reading orders.payment_id")?;
     let merchant_id =
         MerchantId::parse(&text("merchant_id")?).map_err(|e| invalid("merchant_id", &e))?;
     let amount = Amount::new(row.try_get("amount").context("reading orders.amount")?)
@@ -179,7 +183,9 @@ fn decode(row: &PgRow) -> anyhow::Result<Order> {
     let risk_reasons: Option<serde_json::Value> = row
         .try_get("risk_reasons")
         .context("reading orders.risk_reasons")?;
-    let risk_score: Option<i32> = row.try_get("risk_score").context("reading orders.risk_score")?;
+    let risk_score: Option<i32> = row
+        .try_get("risk_score")
+        .context("reading orders.risk_score")?;
     Ok(Order {
         payment_id: PaymentId::from_uuid(payment_id),
         merchant_id,

@@ -27,7 +27,12 @@ enum Resolution {
 }
 
 impl GatewayHandler {
-    pub fn new(pool: PgPool, psps: Vec<Arc<dyn Psp>>, router: Router, resolve_attempts: u32) -> Self {
+    pub fn new(
+        pool: PgPool,
+        psps: Vec<Arc<dyn Psp>>,
+        router: Router,
+        resolve_attempts: u32,
+    ) -> Self {
         Self {
             pool,
             psps,
@@ -42,7 +47,12 @@ impl GatewayHandler {
 
     /// Calls the PSP with the attempt's key until it answers definitively, then, before giving
     /// up, asks it which charges it holds for the payment.
-    async fn resolve(&self, psp: &dyn Psp, request: &ChargeRequest, attempt: &Attempt) -> Resolution {
+    async fn resolve(
+        &self,
+        psp: &dyn Psp,
+        request: &ChargeRequest,
+        attempt: &Attempt,
+    ) -> Resolution {
         let mut last = String::new();
         for i in 0..self.resolve_attempts {
             match psp.create_charge(request, &attempt.psp_key).await {
@@ -59,9 +69,12 @@ impl GatewayHandler {
             }
         }
         if let Ok(charges) = psp.charges_for(request.payment_id).await
-            && let Some(charge) = charges
-                .into_iter()
-                .find(|c| matches!(c.status, ChargeStatus::Succeeded | ChargeStatus::RequiresCapture))
+            && let Some(charge) = charges.into_iter().find(|c| {
+                matches!(
+                    c.status,
+                    ChargeStatus::Succeeded | ChargeStatus::RequiresCapture
+                )
+            })
         {
             return Resolution::Charged(charge);
         }
@@ -114,10 +127,12 @@ impl Handler for GatewayHandler {
             capture: decided.request.capture == CaptureMode::Automatic,
         };
         let known = postgres::attempts(tx, payment_id).await?;
-        if known
-            .iter()
-            .any(|a| matches!(a.state, AttemptState::Succeeded | AttemptState::RequiresCapture))
-        {
+        if known.iter().any(|a| {
+            matches!(
+                a.state,
+                AttemptState::Succeeded | AttemptState::RequiresCapture
+            )
+        }) {
             // Charged and published in a committed transaction before: nothing left to do.
             return Ok(());
         }
@@ -145,32 +160,65 @@ impl Handler for GatewayHandler {
                     } else {
                         (AttemptState::Succeeded, PspOutcome::Succeeded)
                     };
-                    postgres::update_attempt(&mut *tx, &attempt.psp_key, state, Some(&charge.id), None)
-                        .await?;
+                    postgres::update_attempt(
+                        &mut *tx,
+                        &attempt.psp_key,
+                        state,
+                        Some(&charge.id),
+                        None,
+                    )
+                    .await?;
                     tracing::info!(psp = %psp_name, charge_id = %charge.id, ?outcome, "charged");
-                    out.emit(payment_id, result(&decided, outcome, psp_name, Some(&charge), None))?;
+                    out.emit(
+                        payment_id,
+                        result(&decided, outcome, psp_name, Some(&charge), None),
+                    )?;
                     return Ok(());
                 }
                 Resolution::Declined { code, message } => {
-                    postgres::update_attempt(&mut *tx, &attempt.psp_key, AttemptState::Declined, None, Some(&code))
-                        .await?;
+                    postgres::update_attempt(
+                        &mut *tx,
+                        &attempt.psp_key,
+                        AttemptState::Declined,
+                        None,
+                        Some(&code),
+                    )
+                    .await?;
                     tracing::info!(psp = %psp_name, decline_code = %code, "declined by PSP; trying the next one");
                     last_decline = Some((psp_name.clone(), code, message));
                 }
                 Resolution::Rejected(msg) => {
-                    postgres::update_attempt(&mut *tx, &attempt.psp_key, AttemptState::Failed, None, None)
-                        .await?;
+                    postgres::update_attempt(
+                        &mut *tx,
+                        &attempt.psp_key,
+                        AttemptState::Failed,
+                        None,
+                        None,
+                    )
+                    .await?;
                     tracing::warn!(psp = %psp_name, reason = %msg, "PSP rejected the request");
                     out.emit(
                         payment_id,
-                        result(&decided, PspOutcome::Failed, psp_name, None, Some(("psp_rejected", &msg))),
+                        result(
+                            &decided,
+                            PspOutcome::Failed,
+                            psp_name,
+                            None,
+                            Some(("psp_rejected", &msg)),
+                        ),
                     )?;
                     return Ok(());
                 }
                 Resolution::Unknown(msg) => {
                     // Committed outside the batch so that operators see the payment is in doubt.
-                    postgres::update_attempt(&self.pool, &attempt.psp_key, AttemptState::Unknown, None, None)
-                        .await?;
+                    postgres::update_attempt(
+                        &self.pool,
+                        &attempt.psp_key,
+                        AttemptState::Unknown,
+                        None,
+                        None,
+                    )
+                    .await?;
                     return Err(HandlerError::Transient(anyhow::anyhow!(
                         "outcome at {psp_name} unknown ({msg}); will ask {psp_name} again with the same key"
                     )));
@@ -178,8 +226,20 @@ impl Handler for GatewayHandler {
             }
         }
         let emitted = match &last_decline {
-            Some((psp, code, message)) => result(&decided, PspOutcome::Declined, psp, None, Some((code, message))),
-            None => result(&decided, PspOutcome::Failed, "none", None, Some(("no_psp_available", "no PSP is configured for this payment"))),
+            Some((psp, code, message)) => result(
+                &decided,
+                PspOutcome::Declined,
+                psp,
+                None,
+                Some((code, message)),
+            ),
+            None => result(
+                &decided,
+                PspOutcome::Failed,
+                "none",
+                None,
+                Some(("no_psp_available", "no PSP is configured for this payment")),
+            ),
         };
         out.emit(payment_id, emitted)?;
         Ok(())

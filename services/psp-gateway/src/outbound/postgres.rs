@@ -46,7 +46,10 @@ pub struct Attempt {
     pub decline_code: Option<String>,
 }
 
-pub async fn attempts(conn: &mut PgConnection, payment_id: PaymentId) -> anyhow::Result<Vec<Attempt>> {
+pub async fn attempts(
+    conn: &mut PgConnection,
+    payment_id: PaymentId,
+) -> anyhow::Result<Vec<Attempt>> {
     let rows = sqlx::query(
         "SELECT psp, psp_key, state, decline_code FROM psp_gateway.attempts
          WHERE payment_id = $1 AND operation = 'charge' ORDER BY attempt",

@@ -163,7 +163,9 @@ impl Psp for WirePsp {
             .map_err(transport_error)?;
         let status = response.status();
         if !status.is_success() {
-            return Err(PspError::Unknown(format!("charge inquiry answered {status}")));
+            return Err(PspError::Unknown(format!(
+                "charge inquiry answered {status}"
+            )));
         }
         let list: WireList = response.json().await.map_err(transport_error)?;
         Ok(list.data.into_iter().map(Charge::from).collect())

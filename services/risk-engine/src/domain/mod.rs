@@ -81,6 +81,9 @@ mod tests {
         let v = evaluate(&rules, &request(6_000, "JPY"));
         assert_eq!(v.decision, RiskDecision::Declined);
         assert!(v.reasons[0].starts_with("amount_limit"));
-        assert_eq!(evaluate(&rules, &request(6_000, "EUR")).decision, RiskDecision::Approved);
+        assert_eq!(
+            evaluate(&rules, &request(6_000, "EUR")).decision,
+            RiskDecision::Approved
+        );
     }
 }

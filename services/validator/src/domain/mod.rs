@@ -55,12 +55,18 @@ fn d(kind: &str, message: String) -> Discrepancy {
 pub fn compare(exp: &Expectation, obs: &Observed) -> Vec<Discrepancy> {
     let mut out = Vec::new();
     match &obs.order {
-        None => out.push(d("missing_order", "the order store has no row for this payment".into())),
+        None => out.push(d(
+            "missing_order",
+            "the order store has no row for this payment".into(),
+        )),
         Some(order) => {
             if order.status != exp.expected_status {
                 out.push(d(
                     "order_state_mismatch",
-                    format!("order is {} but the events say {}", order.status, exp.expected_status),
+                    format!(
+                        "order is {} but the events say {}",
+                        order.status, exp.expected_status
+                    ),
                 ));
             }
             if let Some(amount) = exp.amount
@@ -68,18 +74,28 @@ pub fn compare(exp: &Expectation, obs: &Observed) -> Vec<Discrepancy> {
             {
                 out.push(d(
                     "amount_mismatch",
-                    format!("order amount {} differs from the requested {amount}", order.amount),
+                    format!(
+                        "order amount {} differs from the requested {amount}",
+                        order.amount
+                    ),
                 ));
             }
         }
     }
 
-    let captures: Vec<&TransferFacts> = obs.transfers.iter().filter(|t| t.kind == "capture").collect();
+    let captures: Vec<&TransferFacts> = obs
+        .transfers
+        .iter()
+        .filter(|t| t.kind == "capture")
+        .collect();
     for t in &obs.transfers {
         if t.debits != t.credits {
             out.push(d(
                 "unbalanced_transfer",
-                format!("transfer {} debits {} but credits {}", t.transfer_id, t.debits, t.credits),
+                format!(
+                    "transfer {} debits {} but credits {}",
+                    t.transfer_id, t.debits, t.credits
+                ),
             ));
         }
     }
@@ -87,11 +103,17 @@ pub fn compare(exp: &Expectation, obs: &Observed) -> Vec<Discrepancy> {
     match (captured, captures.as_slice()) {
         (true, []) => out.push(d(
             "missing_ledger_transfer",
-            format!("payment captured {} but no capture transfer was posted", exp.amount_captured),
+            format!(
+                "payment captured {} but no capture transfer was posted",
+                exp.amount_captured
+            ),
         )),
         (true, [one]) if one.debits != exp.amount_captured => out.push(d(
             "amount_mismatch",
-            format!("capture transfer moves {} but the PSP captured {}", one.debits, exp.amount_captured),
+            format!(
+                "capture transfer moves {} but the PSP captured {}",
+                one.debits, exp.amount_captured
+            ),
         )),
         (true, [_]) => {}
         (true, many) => out.push(d(
@@ -101,7 +123,10 @@ pub fn compare(exp: &Expectation, obs: &Observed) -> Vec<Discrepancy> {
         (false, []) => {}
         (false, _) => out.push(d(
             "unexpected_ledger_transfer",
-            format!("a capture transfer exists but the payment is {}", exp.expected_status),
+            format!(
+                "a capture transfer exists but the payment is {}",
+                exp.expected_status
+            ),
         )),
     }
 
@@ -110,23 +135,35 @@ pub fn compare(exp: &Expectation, obs: &Observed) -> Vec<Discrepancy> {
         .iter()
         .filter(|c| matches!(c.status.as_str(), "succeeded" | "requires_capture"))
         .collect();
-    let charged = matches!(exp.expected_status.as_str(), "succeeded" | "requires_capture");
+    let charged = matches!(
+        exp.expected_status.as_str(),
+        "succeeded" | "requires_capture"
+    );
     match (charged, live.as_slice()) {
         (true, []) => out.push(d(
             "missing_psp_charge",
-            format!("the payment is {} but no PSP holds a charge for it", exp.expected_status),
+            format!(
+                "the payment is {} but no PSP holds a charge for it",
+                exp.expected_status
+            ),
         )),
         (true, [one]) => {
             if exp.charge_id.as_deref().is_some_and(|id| id != one.id) {
                 out.push(d(
                     "charge_id_mismatch",
-                    format!("the events name charge {:?} but {} holds {}", exp.charge_id, one.psp, one.id),
+                    format!(
+                        "the events name charge {:?} but {} holds {}",
+                        exp.charge_id, one.psp, one.id
+                    ),
                 ));
             }
             if exp.amount.is_some_and(|a| a != one.amount) {
                 out.push(d(
                     "amount_mismatch",
-                    format!("{} charged {} but the payment is for {:?}", one.psp, one.amount, exp.amount),
+                    format!(
+                        "{} charged {} but the payment is for {:?}",
+                        one.psp, one.amount, exp.amount
+                    ),
                 ));
             }
         }
@@ -135,7 +172,10 @@ pub fn compare(exp: &Expectation, obs: &Observed) -> Vec<Discrepancy> {
             format!(
                 "{} live charges for one payment: {}",
                 many.len(),
-                many.iter().map(|c| format!("{}@{}", c.id, c.psp)).collect::<Vec<_>>().join(", ")
+                many.iter()
+                    .map(|c| format!("{}@{}", c.id, c.psp))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
         (false, []) => {}
@@ -145,7 +185,10 @@ pub fn compare(exp: &Expectation, obs: &Observed) -> Vec<Discrepancy> {
                 "the payment is {} but {} live charge(s) exist: {}",
                 exp.expected_status,
                 some.len(),
-                some.iter().map(|c| format!("{}@{}", c.id, c.psp)).collect::<Vec<_>>().join(", ")
+                some.iter()
+                    .map(|c| format!("{}@{}", c.id, c.psp))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
     }
@@ -168,9 +211,24 @@ mod tests {
 
     fn clean() -> Observed {
         Observed {
-            order: Some(OrderFacts { status: "succeeded".into(), amount: 1000, amount_captured: 1000 }),
-            transfers: vec![TransferFacts { transfer_id: "t".into(), kind: "capture".into(), debits: 1000, credits: 1000 }],
-            charges: vec![PspCharge { psp: "alpha".into(), id: "ch_1".into(), status: "succeeded".into(), amount: 1000, amount_captured: 1000 }],
+            order: Some(OrderFacts {
+                status: "succeeded".into(),
+                amount: 1000,
+                amount_captured: 1000,
+            }),
+            transfers: vec![TransferFacts {
+                transfer_id: "t".into(),
+                kind: "capture".into(),
+                debits: 1000,
+                credits: 1000,
+            }],
+            charges: vec![PspCharge {
+                psp: "alpha".into(),
+                id: "ch_1".into(),
+                status: "succeeded".into(),
+                amount: 1000,
+                amount_captured: 1000,
+            }],
         }
     }
 
@@ -190,7 +248,13 @@ mod tests {
         assert_eq!(kinds(&o), ["missing_ledger_transfer"]);
 
         let mut o = clean();
-        o.charges.push(PspCharge { psp: "beta".into(), id: "ch_2".into(), status: "succeeded".into(), amount: 1000, amount_captured: 1000 });
+        o.charges.push(PspCharge {
+            psp: "beta".into(),
+            id: "ch_2".into(),
+            status: "succeeded".into(),
+            amount: 1000,
+            amount_captured: 1000,
+        });
         assert_eq!(kinds(&o), ["duplicate_psp_charge"]);
 
         let mut o = clean();

@@ -10,8 +10,8 @@ use paystream_messaging::outbox::{self, OutboxRecord};
 use paystream_messaging::trace;
 use prometheus::{IntCounterVec, Opts, Registry};
 use sqlx::{PgConnection, PgPool};
-use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::DB_SCHEMA;
 use crate::config::Timing;
@@ -28,18 +28,35 @@ pub struct Checker {
 }
 
 impl Checker {
-    pub fn new(pool: PgPool, psps: Vec<Arc<dyn PspLedger>>, timing: Timing, registry: &Registry) -> anyhow::Result<Self> {
+    pub fn new(
+        pool: PgPool,
+        psps: Vec<Arc<dyn PspLedger>>,
+        timing: Timing,
+        registry: &Registry,
+    ) -> anyhow::Result<Self> {
         let checks = IntCounterVec::new(
-            Opts::new("validator_payments_checked_total", "Settled payments checked, by result"),
+            Opts::new(
+                "validator_payments_checked_total",
+                "Settled payments checked, by result",
+            ),
             &["result"],
         )?;
         let discrepancies = IntCounterVec::new(
-            Opts::new("validator_discrepancies_total", "Discrepancies found, by kind"),
+            Opts::new(
+                "validator_discrepancies_total",
+                "Discrepancies found, by kind",
+            ),
             &["kind"],
         )?;
         registry.register(Box::new(checks.clone()))?;
         registry.register(Box::new(discrepancies.clone()))?;
-        Ok(Self { pool, psps, timing, checks, discrepancies })
+        Ok(Self {
+            pool,
+            psps,
+            timing,
+            checks,
+            discrepancies,
+        })
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -47,7 +64,10 @@ impl Checker {
             match self.check_due().await {
                 Ok(n) if n > 0 => continue,
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = format!("{e:#}"), "validation round failed; retrying"),
+                Err(e) => tracing::warn!(
+                    error = format!("{e:#}"),
+                    "validation round failed; retrying"
+                ),
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -58,7 +78,11 @@ impl Checker {
 
     /// One round: the due payments are locked, checked and released in one transaction.
     async fn check_due(&self) -> anyhow::Result<usize> {
-        let mut tx = self.pool.begin().await.context("beginning a validation round")?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context("beginning a validation round")?;
         let due = postgres::due(&mut tx, 100).await?;
         let count = due.len();
         for item in due {
@@ -73,7 +97,10 @@ impl Checker {
         let found = if item.expectation.expected_status == "processing" {
             vec![Discrepancy {
                 kind: "not_settled".to_owned(),
-                message: format!("no outcome {} s after the request", self.timing.deadline.as_secs()),
+                message: format!(
+                    "no outcome {} s after the request",
+                    self.timing.deadline.as_secs()
+                ),
             }]
         } else {
             let mut observed = postgres::observe(&mut *tx, item.payment_id).await?;
@@ -103,10 +130,16 @@ impl Checker {
             return Ok(());
         }
         postgres::finish(&mut *tx, item.payment_id, &found).await?;
-        let result = if found.is_empty() { "ok" } else { "discrepancy" };
+        let result = if found.is_empty() {
+            "ok"
+        } else {
+            "discrepancy"
+        };
         self.checks.with_label_values(&[result]).inc();
         for d in &found {
-            self.discrepancies.with_label_values(&[d.kind.as_str()]).inc();
+            self.discrepancies
+                .with_label_values(&[d.kind.as_str()])
+                .inc();
             tracing::warn!(kind = %d.kind, detail = %d.message, "discrepancy");
         }
         let merchant = MerchantId::parse(&item.merchant_id)
@@ -117,7 +150,8 @@ impl Checker {
             discrepancies: found,
         };
         let tp = trace::new_traceparent();
-        let record = OutboxRecord::event(item.payment_id, event, &tp, &item.payment_id.to_string())?;
+        let record =
+            OutboxRecord::event(item.payment_id, event, &tp, &item.payment_id.to_string())?;
         outbox::enqueue(&mut *tx, DB_SCHEMA, &[record]).await?;
         Ok(())
     }

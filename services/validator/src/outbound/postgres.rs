@@ -167,7 +167,11 @@ pub async fn observe(conn: &mut PgConnection, payment_id: PaymentId) -> anyhow::
     })
 }
 
-pub async fn reschedule(tx: &mut PgConnection, payment_id: PaymentId, after: Duration) -> anyhow::Result<()> {
+pub async fn reschedule(
+    tx: &mut PgConnection,
+    payment_id: PaymentId,
+    after: Duration,
+) -> anyhow::Result<()> {
     sqlx::query(
         "UPDATE validator.payments SET check_after = now() + make_interval(secs => $2) WHERE payment_id = $1",
     )
@@ -184,13 +188,19 @@ pub async fn finish(
     payment_id: PaymentId,
     discrepancies: &[Discrepancy],
 ) -> anyhow::Result<()> {
-    let result = if discrepancies.is_empty() { "ok" } else { "discrepancy" };
-    sqlx::query("UPDATE validator.payments SET checked_at = now(), result = $2 WHERE payment_id = $1")
-        .bind(payment_id.as_uuid())
-        .bind(result)
-        .execute(&mut *tx)
-        .await
-        .context("recording the check result")?;
+    let result = if discrepancies.is_empty() {
+        "ok"
+    } else {
+        "discrepancy"
+    };
+    sqlx::query(
+        "UPDATE validator.payments SET checked_at = now(), result = $2 WHERE payment_id = $1",
+    )
+    .bind(payment_id.as_uuid())
+    .bind(result)
+    .execute(&mut *tx)
+    .await
+    .context("recording the check result")?;
     record_discrepancies(tx, Some(payment_id), discrepancies).await
 }
 
@@ -200,13 +210,15 @@ pub async fn record_discrepancies(
     discrepancies: &[Discrepancy],
 ) -> anyhow::Result<()> {
     for d in discrepancies {
-        sqlx::query("INSERT INTO validator.discrepancies (payment_id, kind, message) VALUES ($1, $2, $3)")
-            .bind(payment_id.map(|p| p.as_uuid()))
-            .bind(&d.kind)
-            .bind(&d.message)
-            .execute(&mut *tx)
-            .await
-            .context("recording a discrepancy")?;
+        sqlx::query(
+            "INSERT INTO validator.discrepancies (payment_id, kind, message) VALUES ($1, $2, $3)",
+        )
+        .bind(payment_id.map(|p| p.as_uuid()))
+        .bind(&d.kind)
+        .bind(&d.message)
+        .execute(&mut *tx)
+        .await
+        .context("recording a discrepancy")?;
     }
     Ok(())
 }

@@ -61,7 +61,10 @@ impl PspLedger for WirePspLedger {
             .await
             .map_err(|e| PspLedgerError::Unavailable(e.to_string()))?;
         if !response.status().is_success() {
-            return Err(PspLedgerError::Unavailable(format!("answered {}", response.status())));
+            return Err(PspLedgerError::Unavailable(format!(
+                "answered {}",
+                response.status()
+            )));
         }
         let list: WireList = response
             .json()
