@@ -443,11 +443,10 @@ impl<H: Handler> ConsumerRuntime<H> {
             return Ok(());
         }
         let existing = claim(tx, schema, event.event_id, raw, Claim::Done).await?;
-        let run = match (source, existing) {
-            (_, Existing::None) => true,
-            (Source::Retry, Existing::Retrying) => true,
-            _ => false,
-        };
+        let run = matches!(
+            (source, existing),
+            (_, Existing::None) | (Source::Retry, Existing::Retrying)
+        );
         if !run {
             outcome.duplicates.push(raw.topic.clone());
             return Ok(());

@@ -7,7 +7,7 @@ use crate::domain::payment::PaymentView;
 #[derive(Debug)]
 pub enum Accepted {
     /// First use of the key: the request is now durable.
-    Created(PaymentView),
+    Created(Box<PaymentView>),
     /// The key was used before for this same request: the saved answer.
     Replayed {
         status: u16,

@@ -127,7 +127,7 @@ impl PaymentStore for PgPaymentStore {
         .await
         .context("saving the idempotent response")?;
         tx.commit().await.context("committing the request")?;
-        Ok(Accepted::Created(view))
+        Ok(Accepted::Created(Box::new(view)))
     }
 
     async fn find_payment(
