@@ -272,3 +272,42 @@ async fn bad_requests_name_the_field_and_create_nothing() {
         .expect("POST");
     assert_eq!(r.status().as_u16(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twelve_concurrent_requests_with_one_key_make_one_payment() {
+    let fleet = fleet();
+    let merchant = format!("m_{}", uuid::Uuid::new_v4().simple());
+    let token = fleet.token(&merchant, Role::Merchant);
+    let body = json!({"amount": 777, "currency": "EUR", "customer_id": "cus_3", "payment_method": "pm_card_visa"});
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (token, body) = (token.clone(), body.clone());
+        tasks.push(tokio::spawn(
+            async move { create(&token, "burst", body).await },
+        ));
+    }
+    let mut ids = std::collections::HashSet::new();
+    let mut replays = 0;
+    for t in tasks {
+        let (status, view, replayed) = t.await.expect("task");
+        assert!(status == 202 || status == 409, "{status}: {view}");
+        if status == 202 {
+            ids.insert(view["id"].as_str().unwrap_or_default().to_owned());
+            replays += usize::from(replayed);
+        }
+    }
+    assert_eq!(ids.len(), 1, "one payment for one key: {ids:?}");
+    assert!(replays >= 1);
+    let pool = fleet.pool().await;
+    let stored: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM ingress.payments WHERE merchant_id = $1")
+            .bind(&merchant)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(stored, 1);
+    let id = ids.into_iter().next().unwrap_or_default();
+    let finals = wait_terminal(&token, std::slice::from_ref(&id)).await;
+    assert_eq!(finals[&id]["status"], "succeeded");
+    assert_eq!(fleet.alpha.charge_count_for_reference(&id), 1);
+}
