@@ -29,6 +29,11 @@ if [[ "$(psql "$admin_url" -tAc "SELECT 1 FROM pg_database WHERE datname = '$db_
   psql "$admin_url" -qc "CREATE DATABASE \"$db_name\""
 fi
 
+# Each in-process test fleet makes a database of its own (tests/src/lib.rs); forget earlier runs'.
+for old in $(psql "$admin_url" -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'e2e\_%'"); do
+  psql "$admin_url" -qc "DROP DATABASE IF EXISTS \"$old\" WITH (FORCE)" >/dev/null
+done
+
 cd "$REPO_ROOT"
 echo "==> cargo test (first build compiles librdkafka; several minutes on 2 cores)"
 cargo test --workspace "$@"

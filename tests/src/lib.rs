@@ -13,9 +13,46 @@ use psp_sim::{SimConfig, SimHandle};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-/// Consumer groups of the test fleet carry this prefix, so that a dev fleet running on the same
-/// broker neither steals nor shares their partitions.
-pub const GROUP_PREFIX: &str = "e2e-";
+/// Every test fleet gets its own database and its own consumer groups, so that fleets of test
+/// binaries running at the same time (or a dev fleet) never act on each other's payments: a
+/// fleet may read another's records from the shared topics, but it applies them to its own
+/// database, and the tests only look at their own payments, databases and PSP emulators.
+pub struct Isolation {
+    pub run_id: String,
+    pub database_url: String,
+}
+
+impl Isolation {
+    pub fn group(&self, service: &str) -> String {
+        format!("e2e-{}-{service}", self.run_id)
+    }
+}
+
+/// Creates a fresh database for this run (named `e2e_<run id>`) next to `DATABASE_URL`'s, with
+/// migrations applied. `scripts/test.sh` drops the databases of earlier runs before it starts.
+pub async fn isolate() -> anyhow::Result<Isolation> {
+    let base = CommonConfig::for_tests();
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let (prefix, _) = base
+        .database_url
+        .rsplit_once('/')
+        .context("DATABASE_URL has no database name")?;
+    let admin = paystream_kit::db::connect(&format!("{prefix}/postgres"), 2).await?;
+    let name = format!("e2e_{run_id}");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .context("creating the run's database")?;
+    let database_url = format!("{prefix}/{name}");
+    let pool = paystream_kit::db::connect(&database_url, 2).await?;
+    paystream_kit::db::migrate(&pool).await?;
+    pool.close().await;
+    admin.close().await;
+    Ok(Isolation {
+        run_id,
+        database_url,
+    })
+}
 
 pub struct Fleet {
     pub api_url: String,
@@ -69,9 +106,10 @@ pub fn fleet() -> &'static Fleet {
     })
 }
 
-fn common(service: &str) -> CommonConfig {
+fn common(iso: &Isolation, service: &str) -> CommonConfig {
     let mut c = CommonConfig::for_tests();
-    c.group_id = Some(format!("{GROUP_PREFIX}{service}"));
+    c.group_id = Some(iso.group(service));
+    c.database_url = iso.database_url.clone();
     c
 }
 
@@ -84,14 +122,23 @@ async fn start() -> anyhow::Result<Fleet> {
         .try_init();
     let shutdown = CancellationToken::new();
     let base = CommonConfig::for_tests();
+    let iso = isolate().await?;
 
-    let mut all = payctl::fleet_topics();
-    for group in payctl::CONSUMER_GROUPS {
-        all.push(topics::retry_topic(&format!("{GROUP_PREFIX}{group}")));
-    }
-    paystream_messaging::admin::ensure_topics(&base.kafka_bootstrap, &all, 12, 1)
+    paystream_messaging::admin::ensure_topics(
+        &base.kafka_bootstrap,
+        &payctl::fleet_topics(),
+        12,
+        1,
+    )
+    .await
+    .context("creating topics")?;
+    let retry: Vec<String> = payctl::CONSUMER_GROUPS
+        .iter()
+        .map(|g| topics::retry_topic(&iso.group(g)))
+        .collect();
+    paystream_messaging::admin::ensure_topics(&base.kafka_bootstrap, &retry, 2, 1)
         .await
-        .context("creating topics")?;
+        .context("creating retry topics")?;
 
     let mut sims = Vec::new();
     for name in ["alpha", "beta"] {
@@ -112,7 +159,7 @@ async fn start() -> anyhow::Result<Fleet> {
     let (beta_url, beta) = sims.remove(0);
 
     let mut risk = risk_engine::Config::from_env()?;
-    risk.common = common(risk_engine::SERVICE);
+    risk.common = common(&iso, risk_engine::SERVICE);
     risk.rules.max_amount = 500_000;
     spawn(
         risk_engine::build(risk)
@@ -121,7 +168,7 @@ async fn start() -> anyhow::Result<Fleet> {
     );
 
     let mut gateway = psp_gateway::Config::from_env()?;
-    gateway.common = common(psp_gateway::SERVICE);
+    gateway.common = common(&iso, psp_gateway::SERVICE);
     for psp in &mut gateway.psps {
         psp.url = if psp.name == "alpha" {
             alpha_url.clone()
@@ -136,7 +183,7 @@ async fn start() -> anyhow::Result<Fleet> {
     );
 
     let mut orders = order_store::Config::from_env()?;
-    orders.common = common(order_store::SERVICE);
+    orders.common = common(&iso, order_store::SERVICE);
     spawn(
         order_store::build(orders)
             .await?
@@ -144,7 +191,7 @@ async fn start() -> anyhow::Result<Fleet> {
     );
 
     let mut accounts = account_store::Config::from_env()?;
-    accounts.common = common(account_store::SERVICE);
+    accounts.common = common(&iso, account_store::SERVICE);
     spawn(
         account_store::build(accounts)
             .await?
@@ -152,7 +199,7 @@ async fn start() -> anyhow::Result<Fleet> {
     );
 
     let mut val = validator::Config::from_env()?;
-    val.common = common(validator::SERVICE);
+    val.common = common(&iso, validator::SERVICE);
     for psp in &mut val.psps {
         psp.url = if psp.name == "alpha" {
             alpha_url.clone()
@@ -169,7 +216,7 @@ async fn start() -> anyhow::Result<Fleet> {
     );
 
     let mut api = api_ingress::Config::from_env();
-    api.common = common(api_ingress::SERVICE);
+    api.common = common(&iso, api_ingress::SERVICE);
     api.api_addr = "127.0.0.1:0".to_owned();
     let jwt_secret = api.jwt_secret.clone();
     let app = api_ingress::build(api).await?;
@@ -179,7 +226,7 @@ async fn start() -> anyhow::Result<Fleet> {
     Ok(Fleet {
         api_url,
         jwt_secret,
-        database_url: base.database_url,
+        database_url: iso.database_url.clone(),
         alpha,
         beta,
         shutdown,
