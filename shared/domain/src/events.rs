@@ -193,3 +193,127 @@ impl Event for PaymentValidated {
     const SCHEMA_VERSION: u32 = 1;
     const TOPIC: &'static str = topics::PAYMENTS_VALIDATION;
 }
+
+// ---- merchant commands (`payments.commands`) and their PSP outcomes (`payments.psp-results`) --
+
+/// Capture of an authorised (`requires_capture`) payment; `amount` defaults to all of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptureRequested {
+    pub merchant_id: MerchantId,
+    /// The ingress's id of the command, stable across redeliveries: the PSP idempotency key of
+    /// the capture derives from it.
+    pub command_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Amount>,
+}
+
+impl Event for CaptureRequested {
+    const EVENT_TYPE: &'static str = "payment.capture_requested";
+    const SCHEMA_VERSION: u32 = 1;
+    const TOPIC: &'static str = topics::PAYMENTS_COMMANDS;
+}
+
+/// Cancel of an authorised payment before capture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CancelRequested {
+    pub merchant_id: MerchantId,
+    pub command_id: String,
+}
+
+impl Event for CancelRequested {
+    const EVENT_TYPE: &'static str = "payment.cancel_requested";
+    const SCHEMA_VERSION: u32 = 1;
+    const TOPIC: &'static str = topics::PAYMENTS_COMMANDS;
+}
+
+/// Refund of (part of) a captured payment. The ingress has already reserved `amount` against
+/// what was captured, so refunds can never exceed the capture even when sent concurrently.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefundRequested {
+    pub merchant_id: MerchantId,
+    /// `re_<uuid>`: the refund's public id, also its idempotency anchor downstream.
+    pub refund_id: String,
+    pub amount: Amount,
+    pub currency: Currency,
+}
+
+impl Event for RefundRequested {
+    const EVENT_TYPE: &'static str = "payment.refund_requested";
+    const SCHEMA_VERSION: u32 = 1;
+    const TOPIC: &'static str = topics::PAYMENTS_COMMANDS;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentCaptured {
+    pub merchant_id: MerchantId,
+    pub command_id: String,
+    pub psp: String,
+    pub charge_id: String,
+    pub currency: Currency,
+    /// Minor units captured by this capture.
+    pub amount_captured: i64,
+}
+
+impl Event for PaymentCaptured {
+    const EVENT_TYPE: &'static str = "payment.captured";
+    const SCHEMA_VERSION: u32 = 1;
+    const TOPIC: &'static str = topics::PAYMENTS_PSP_RESULTS;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentCanceled {
+    pub merchant_id: MerchantId,
+    pub command_id: String,
+    pub psp: String,
+    pub charge_id: String,
+}
+
+impl Event for PaymentCanceled {
+    const EVENT_TYPE: &'static str = "payment.canceled";
+    const SCHEMA_VERSION: u32 = 1;
+    const TOPIC: &'static str = topics::PAYMENTS_PSP_RESULTS;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub merchant_id: MerchantId,
+    pub refund_id: String,
+    pub psp: String,
+    pub charge_id: String,
+    /// The PSP's id of the refund (`re_...` at the PSP).
+    pub psp_refund_id: String,
+    pub amount: Amount,
+    pub currency: Currency,
+}
+
+impl Event for PaymentRefunded {
+    const EVENT_TYPE: &'static str = "payment.refunded";
+    const SCHEMA_VERSION: u32 = 1;
+    const TOPIC: &'static str = topics::PAYMENTS_PSP_RESULTS;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandKind {
+    Capture,
+    Cancel,
+    Refund,
+}
+
+/// A command the PSP refused for good (the charge cannot be captured any more, say). The ingress
+/// releases what it reserved for it (a refund's amount).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandFailed {
+    pub merchant_id: MerchantId,
+    pub command: CommandKind,
+    /// `command_id` of a capture or cancel, `refund_id` of a refund.
+    pub command_id: String,
+    pub code: String,
+    pub message: String,
+}
+
+impl Event for CommandFailed {
+    const EVENT_TYPE: &'static str = "payment.command_failed";
+    const SCHEMA_VERSION: u32 = 1;
+    const TOPIC: &'static str = topics::PAYMENTS_PSP_RESULTS;
+}

@@ -33,6 +33,41 @@ const EVENT_SCHEMAS: &[(&str, u32, &str)] = &[
         1,
         include_str!("../../../schemas/payment.validated.v1.json"),
     ),
+    (
+        "payment.capture_requested",
+        1,
+        include_str!("../../../schemas/payment.capture_requested.v1.json"),
+    ),
+    (
+        "payment.cancel_requested",
+        1,
+        include_str!("../../../schemas/payment.cancel_requested.v1.json"),
+    ),
+    (
+        "payment.refund_requested",
+        1,
+        include_str!("../../../schemas/payment.refund_requested.v1.json"),
+    ),
+    (
+        "payment.captured",
+        1,
+        include_str!("../../../schemas/payment.captured.v1.json"),
+    ),
+    (
+        "payment.canceled",
+        1,
+        include_str!("../../../schemas/payment.canceled.v1.json"),
+    ),
+    (
+        "payment.refunded",
+        1,
+        include_str!("../../../schemas/payment.refunded.v1.json"),
+    ),
+    (
+        "payment.command_failed",
+        1,
+        include_str!("../../../schemas/payment.command_failed.v1.json"),
+    ),
 ];
 
 const ENVELOPE_SCHEMA: &str = include_str!("../../../schemas/envelope.v1.json");
@@ -128,5 +163,123 @@ mod tests {
             reg.validate_data("nope", 1, &json!({})),
             Err(SchemaError::UnknownType { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod round_trip {
+    use paystream_domain::*;
+
+    use super::SchemaRegistry;
+
+    fn check<E: Event>(data: E) {
+        let value = serde_json::to_value(&data).unwrap();
+        SchemaRegistry::global()
+            .validate_data(E::EVENT_TYPE, E::SCHEMA_VERSION, &value)
+            .unwrap_or_else(|e| panic!("{}: {e}", E::EVENT_TYPE));
+    }
+
+    /// Every event the Rust code emits is valid against its published schema.
+    #[test]
+    fn rust_events_satisfy_their_schemas() {
+        let m = MerchantId::parse("m_1").unwrap();
+        let eur = Currency::parse("EUR").unwrap();
+        let amount = Amount::new(500).unwrap();
+        let request = PaymentRequested {
+            merchant_id: m.clone(),
+            amount,
+            currency: eur,
+            customer_id: CustomerId::parse("c_1").unwrap(),
+            payment_method: PaymentMethod::parse("pm_card_visa").unwrap(),
+            capture: CaptureMode::Manual,
+            description: Some("d".into()),
+            metadata: [("k".to_owned(), "v".to_owned())].into(),
+        };
+        check(request.clone());
+        check(RiskDecided {
+            decision: RiskDecision::Approved,
+            score: 3,
+            reasons: vec!["ok".into()],
+            request,
+        });
+        check(PspResult {
+            merchant_id: m.clone(),
+            outcome: PspOutcome::RequiresCapture,
+            psp: "alpha".into(),
+            charge_id: Some("ch_1".into()),
+            amount,
+            currency: eur,
+            amount_captured: 0,
+            decline_code: None,
+            message: None,
+        });
+        check(LedgerPosting {
+            transfer_id: "tr_1".into(),
+            payment_id: PaymentId::new().to_string(),
+            kind: TransferKind::Capture,
+            currency: eur,
+            entries: vec![
+                PostingEntry {
+                    account: "psp:alpha:clearing".into(),
+                    side: Side::Debit,
+                    amount: 500,
+                },
+                PostingEntry {
+                    account: "merchant:m_1:payable".into(),
+                    side: Side::Credit,
+                    amount: 500,
+                },
+            ],
+        });
+        check(PaymentValidated {
+            merchant_id: m.clone(),
+            status: "succeeded".into(),
+            discrepancies: vec![],
+        });
+        check(CaptureRequested {
+            merchant_id: m.clone(),
+            command_id: "cmd_1".into(),
+            amount: Some(amount),
+        });
+        check(CancelRequested {
+            merchant_id: m.clone(),
+            command_id: "cmd_2".into(),
+        });
+        check(RefundRequested {
+            merchant_id: m.clone(),
+            refund_id: "re_1".into(),
+            amount,
+            currency: eur,
+        });
+        check(PaymentCaptured {
+            merchant_id: m.clone(),
+            command_id: "cmd_1".into(),
+            psp: "alpha".into(),
+            charge_id: "ch_1".into(),
+            currency: eur,
+            amount_captured: 500,
+        });
+        check(PaymentCanceled {
+            merchant_id: m.clone(),
+            command_id: "cmd_2".into(),
+            psp: "alpha".into(),
+            charge_id: "ch_1".into(),
+        });
+        check(PaymentRefunded {
+            merchant_id: m.clone(),
+            refund_id: "re_1".into(),
+            psp: "alpha".into(),
+            charge_id: "ch_1".into(),
+            psp_refund_id: "re_p".into(),
+            amount,
+            currency: eur,
+        });
+        check(CommandFailed {
+            merchant_id: m,
+            command: CommandKind::Refund,
+            command_id: "re_1".into(),
+            code: "c".into(),
+            message: "m".into(),
+        });
     }
 }
