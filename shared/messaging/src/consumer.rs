@@ -9,8 +9,9 @@
 //! A second consumer in the same group reads `<group>.retry`, where records wait out a backoff
 //! without holding up their main partition.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -19,7 +20,10 @@ use backoff::ExponentialBackoffBuilder;
 use backoff::backoff::Backoff;
 use chrono::{DateTime, Utc};
 use paystream_domain::{PaymentId, topics};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use sqlx::{AssertSqlSafe, PgConnection, PgPool};
@@ -194,6 +198,61 @@ impl RuntimeConfig {
     }
 }
 
+/// Tracks which partitions this consumer holds. A batch collected just before a rebalance can
+/// hold records of partitions that now belong to another instance: they are dropped before
+/// processing (their new owner reads them from the committed offset), so the two instances do not
+/// race on the same records and the commit does not touch partitions it no longer owns.
+pub struct RebalanceContext {
+    group: String,
+    revoked: Mutex<HashSet<(String, i32)>>,
+    rebalances: prometheus::IntCounterVec,
+}
+
+impl RebalanceContext {
+    fn is_revoked(&self, topic: &str, partition: i32) -> bool {
+        self.revoked
+            .lock()
+            .map(|r| r.contains(&(topic.to_owned(), partition)))
+            .unwrap_or(false)
+    }
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                if let Ok(mut revoked) = self.revoked.lock() {
+                    for e in tpl.elements() {
+                        revoked.insert((e.topic().to_owned(), e.partition()));
+                    }
+                }
+                self.rebalances.with_label_values(&["revoke"]).inc();
+                tracing::info!(group = %self.group, partitions = tpl.count(), "partitions revoked");
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => {
+                tracing::warn!(group = %self.group, error = %e, "rebalance error")
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            if let Ok(mut revoked) = self.revoked.lock() {
+                for e in tpl.elements() {
+                    revoked.remove(&(e.topic().to_owned(), e.partition()));
+                }
+            }
+            self.rebalances.with_label_values(&["assign"]).inc();
+            tracing::info!(group = %self.group, partitions = tpl.count(), "partitions assigned");
+        }
+    }
+}
+
+type RuntimeConsumer = StreamConsumer<RebalanceContext>;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
     Main,
@@ -252,29 +311,41 @@ impl<H: Handler> ConsumerRuntime<H> {
         a.and(b)
     }
 
-    fn subscribe(&self, topics: &[String]) -> anyhow::Result<StreamConsumer> {
-        let consumer: StreamConsumer =
+    fn subscribe(&self, topics: &[String]) -> anyhow::Result<Arc<RuntimeConsumer>> {
+        let context = RebalanceContext {
+            group: self.config.group_id.clone(),
+            revoked: Mutex::new(HashSet::new()),
+            rebalances: self.metrics.rebalances.clone(),
+        };
+        let consumer: RuntimeConsumer =
             consumer_config(&self.config.bootstrap, &self.config.group_id)
-                .create()
+                .create_with_context(context)
                 .context("creating the Kafka consumer")?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&names)
             .with_context(|| format!("subscribing to {names:?}"))?;
-        Ok(consumer)
+        Ok(Arc::new(consumer))
     }
 
     async fn consume(
         self,
-        consumer: StreamConsumer,
+        consumer: Arc<RuntimeConsumer>,
         source: Source,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
+        let lag = tokio::spawn(report_lag(
+            consumer.clone(),
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
         loop {
-            let batch = tokio::select! {
+            let mut batch = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 batch = self.next_batch(&consumer) => batch,
             };
+            let context = consumer.context();
+            batch.retain(|r| !context.is_revoked(&r.topic, r.partition));
             if batch.is_empty() {
                 continue;
             }
@@ -290,11 +361,12 @@ impl<H: Handler> ConsumerRuntime<H> {
                 .observe(started.elapsed().as_secs_f64());
             commit(&consumer, &batch);
         }
+        lag.abort();
         tracing::info!(group = %self.config.group_id, ?source, "consumer stopped");
         Ok(())
     }
 
-    async fn next_batch(&self, consumer: &StreamConsumer) -> Vec<RawRecord> {
+    async fn next_batch(&self, consumer: &RuntimeConsumer) -> Vec<RawRecord> {
         let mut batch = Vec::new();
         match consumer.recv().await {
             Ok(m) => batch.push(to_raw(&m)),
@@ -452,7 +524,8 @@ impl<H: Handler> ConsumerRuntime<H> {
             return Ok(());
         }
         let span = tracing::info_span!("handle", payment_id = %event.payment_id, event_type = %event.event_type, event_id = %event.event_id);
-        self.run_handler(tx, raw, &event, outcome)
+        let claimed_as_retrying = existing == Existing::Retrying;
+        self.run_handler(tx, raw, &event, claimed_as_retrying, outcome)
             .instrument(span)
             .await
     }
@@ -462,10 +535,18 @@ impl<H: Handler> ConsumerRuntime<H> {
         tx: &mut PgConnection,
         raw: &RawRecord,
         event: &InboundEvent,
+        claimed_as_retrying: bool,
         outcome: &mut BatchOutcome,
     ) -> anyhow::Result<()> {
         let schema = &self.config.db_schema;
         let policy = &self.config.retry;
+        // The claim inserted a `done` row already; only a record coming back from the retry
+        // topic has a `retrying` row to close.
+        let close_claim = if claimed_as_retrying {
+            Some(event.event_id)
+        } else {
+            None
+        };
         let earlier_attempts = raw.retry_attempts();
         let first_failure = raw.first_failure();
         let mut backoff = policy.in_place_backoff();
@@ -485,7 +566,9 @@ impl<H: Handler> ConsumerRuntime<H> {
                 Ok(()) => {
                     outbox::enqueue(&mut sp, schema, &emitter.take()).await?;
                     sp.commit().await.context("releasing a savepoint")?;
-                    mark(tx, schema, event.event_id, Claim::Done).await?;
+                    if let Some(id) = close_claim {
+                        mark(tx, schema, id, Claim::Done).await?;
+                    }
                     outcome.applied.push(event.payment_id);
                     return Ok(());
                 }
@@ -501,7 +584,10 @@ impl<H: Handler> ConsumerRuntime<H> {
                     self.dead_letter(tx, raw, ErrorKind::Permanent, msg, total, first)
                         .await?;
                     outcome.dead_lettered.push(ErrorKind::Permanent);
-                    return mark(tx, schema, event.event_id, Claim::Done).await;
+                    return match close_claim {
+                        Some(id) => mark(tx, schema, id, Claim::Done).await,
+                        None => Ok(()),
+                    };
                 }
                 HandlerError::Transient(e) => {
                     let msg = format!("{e:#}");
@@ -510,7 +596,10 @@ impl<H: Handler> ConsumerRuntime<H> {
                         self.dead_letter(tx, raw, ErrorKind::Exhausted, msg, total, first)
                             .await?;
                         outcome.dead_lettered.push(ErrorKind::Exhausted);
-                        return mark(tx, schema, event.event_id, Claim::Done).await;
+                        return match close_claim {
+                            Some(id) => mark(tx, schema, id, Claim::Done).await,
+                            None => Ok(()),
+                        };
                     }
                     if attempt >= policy.in_place_attempts {
                         let pass = total.div_ceil(policy.in_place_attempts.max(1));
@@ -697,7 +786,7 @@ fn to_raw(m: &BorrowedMessage<'_>) -> RawRecord {
 
 /// Commits the position after the last record of each partition in the batch. A failure is only
 /// logged: the records come again and the inbox skips them.
-fn commit(consumer: &StreamConsumer, batch: &[RawRecord]) {
+fn commit(consumer: &RuntimeConsumer, batch: &[RawRecord]) {
     let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
     for r in batch {
         let e = next.entry((r.topic.as_str(), r.partition)).or_insert(0);
@@ -711,5 +800,45 @@ fn commit(consumer: &StreamConsumer, batch: &[RawRecord]) {
     }
     if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
         tracing::warn!(error = %e, "offset commit failed; the records will be redelivered and skipped by the inbox");
+    }
+}
+
+/// Every 10 s, the records between each partition's committed offset and its high watermark,
+/// summed per topic. Runs on a blocking thread: librdkafka's queries are synchronous.
+async fn report_lag(
+    consumer: Arc<RuntimeConsumer>,
+    metrics: MessagingMetrics,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        let c = consumer.clone();
+        let lag = tokio::task::spawn_blocking(move || -> Option<BTreeMap<String, i64>> {
+            let committed = c.committed(Duration::from_secs(5)).ok()?;
+            let mut per_topic = BTreeMap::new();
+            for e in committed.elements() {
+                let (low, high) = c
+                    .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
+                    .ok()?;
+                let position = match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => low,
+                };
+                *per_topic.entry(e.topic().to_owned()).or_insert(0) += (high - position).max(0);
+            }
+            Some(per_topic)
+        })
+        .await;
+        if let Ok(Some(per_topic)) = lag {
+            for (topic, lag) in per_topic {
+                metrics
+                    .consumer_lag
+                    .with_label_values(&[topic.as_str()])
+                    .set(lag);
+            }
+        }
     }
 }

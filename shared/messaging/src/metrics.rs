@@ -13,6 +13,7 @@ pub struct MessagingMetrics {
     pub batch_seconds: Histogram,
     pub consumer_lag: IntGaugeVec,
     pub outbox_pending: IntGaugeVec,
+    pub rebalances: IntCounterVec,
 }
 
 impl MessagingMetrics {
@@ -75,6 +76,11 @@ impl MessagingMetrics {
                 "consumer_lag_records",
                 "High watermark minus committed position, per topic",
                 &["topic"],
+            )?,
+            rebalances: counter(
+                "consumer_rebalances_total",
+                "Partition assignments and revocations",
+                &["event"],
             )?,
             outbox_pending: gauge(
                 "outbox_pending_records",
