@@ -51,6 +51,10 @@ pub struct Args {
     /// Postgres connections of the runtime's pool (services use 10).
     #[arg(long, default_value_t = 10)]
     pub pool: u32,
+    /// Runtime instances in the runtime's consumer group (each its own ConsumerRuntime and
+    /// relay, sharing the pool), to see what concurrency buys; the baseline stays one consumer.
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
     /// Repetitions of each mode over the same input topic; each uses a fresh group, output
     /// topic and (runtime) schema. Figures are per round, the ratio uses the medians.
     #[arg(long, default_value_t = 1)]
@@ -82,8 +86,14 @@ impl Args {
             Mode::Baseline => "baseline",
         };
         format!(
-            "cargo run --release -p paystream-bench --bin runtime-bench -- --records {} --partitions {} --batch {} --linger-ms {} --pool {} --rounds {} --mode {mode}",
-            self.records, self.partitions, self.batch, self.linger_ms, self.pool, self.rounds
+            "cargo run --release -p paystream-bench --bin runtime-bench -- --records {} --partitions {} --batch {} --linger-ms {} --pool {} --instances {} --rounds {} --mode {mode}",
+            self.records,
+            self.partitions,
+            self.batch,
+            self.linger_ms,
+            self.pool,
+            self.instances,
+            self.rounds
         )
     }
 }
@@ -120,12 +130,17 @@ async fn main() -> anyhow::Result<()> {
     anyhow::ensure!(args.partitions > 0, "--partitions must be at least 1");
     anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     anyhow::ensure!(args.rounds > 0, "--rounds must be at least 1");
+    anyhow::ensure!(args.instances > 0, "--instances must be at least 1");
+    anyhow::ensure!(
+        args.pool as usize >= args.instances + 2,
+        "--pool must be at least --instances + 2 (a batch transaction per instance, the relay)"
+    );
 
     let common = CommonConfig::for_tests();
     let bootstrap = args.bootstrap.clone().unwrap_or(common.kafka_bootstrap);
     let database_url = args.database_url.clone().unwrap_or(common.database_url);
     let pool = db::connect(&database_url, args.pool.max(2)).await?;
-    db::migrate(&pool).await?;
+    ensure_migrated(&pool).await?;
 
     let suffix = setup::unique_suffix();
     let ctx = Ctx {
@@ -162,8 +177,26 @@ async fn main() -> anyhow::Result<()> {
         setup::cleanup(&ctx).await;
     }
     let results = outcome?;
-    let out = report::render(&ctx.args, &results).context("rendering the report")?;
+    let out =
+        report::render(&ctx.args, &ctx.bootstrap, &results).context("rendering the report")?;
     print!("{out}");
+    Ok(())
+}
+
+/// Runs the workspace migrations only on a database that lacks them: the benchmark needs nothing
+/// beyond `paystream_messaging_tables`, and must not be the one to apply a migration that is still
+/// being written.
+async fn ensure_migrated(pool: &sqlx::PgPool) -> anyhow::Result<()> {
+    let present: bool = sqlx::query_scalar(
+        "SELECT to_regprocedure('public.paystream_messaging_tables(text)') IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await
+    .context("looking for paystream_messaging_tables")?;
+    if !present {
+        eprintln!("database has no paystream_messaging_tables; running the migrations");
+        db::migrate(pool).await?;
+    }
     Ok(())
 }
 

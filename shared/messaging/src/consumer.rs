@@ -35,7 +35,7 @@ use crate::dlt::{self, ErrorKind, Failure, RawRecord};
 use crate::envelope::{Envelope, InboundEvent};
 use crate::kafka::consumer_config;
 use crate::metrics::MessagingMetrics;
-use crate::outbox::{self, Emitter};
+use crate::outbox::{self, Emitter, OutboxRecord};
 use crate::schemas::SchemaRegistry;
 
 /// What the runtime does with a failed record.
@@ -87,6 +87,14 @@ pub trait Handler: Send + Sync + 'static {
     /// applied: the place for effects outside Postgres that must follow the commit, such as
     /// invalidating a cache. Best effort; a failure here must not undo anything.
     async fn after_commit(&self, _payments: &[PaymentId]) {}
+
+    /// True when every effect of `handle` is in the transaction it is given, so running it again
+    /// after a rollback is harmless. The runtime then handles a batch without per-record
+    /// savepoints and redoes it with savepoints only if a record fails. Handlers that call
+    /// outside services (a PSP) keep the default.
+    fn effects_are_transactional(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -469,65 +477,130 @@ impl<H: Handler> ConsumerRuntime<H> {
         }
     }
 
+    /// Handles a batch in one transaction. Handlers whose effects live only in the transaction
+    /// run without savepoints (one round trip less per record); if one of them fails, the
+    /// transaction is rolled back and the batch is redone record by record with savepoints, where
+    /// retries and dead letters apply.
     async fn process_batch(
         &self,
         batch: &[RawRecord],
         source: Source,
     ) -> anyhow::Result<BatchOutcome> {
+        let parsed: Vec<Parsed> = batch
+            .iter()
+            .map(|raw| match parse(raw) {
+                Err(reason) => Parsed::Poison(reason),
+                Ok(event) if self.handler.handles(&event.event_type) => {
+                    Parsed::Event(Box::new(event))
+                }
+                Ok(_) => Parsed::NotOurs,
+            })
+            .collect();
+        if self.handler.effects_are_transactional() {
+            match self.try_batch(batch, &parsed, source, Mode::Fast).await? {
+                Some(outcome) => return Ok(outcome),
+                None => self
+                    .metrics
+                    .retried
+                    .with_label_values(&["batch_redo"])
+                    .inc(),
+            }
+        }
+        self.try_batch(batch, &parsed, source, Mode::Safe)
+            .await?
+            .context("a safe-mode batch always completes")
+    }
+
+    /// `Ok(None)`: a handler failed in fast mode and the transaction was rolled back.
+    async fn try_batch(
+        &self,
+        batch: &[RawRecord],
+        parsed: &[Parsed],
+        source: Source,
+        mode: Mode,
+    ) -> anyhow::Result<Option<BatchOutcome>> {
+        let schema = &self.config.db_schema;
         let mut outcome = BatchOutcome::default();
+        let mut out = Vec::new();
         let mut tx = self
             .pool
             .begin()
             .await
             .context("beginning batch transaction")?;
-        for raw in batch {
-            self.process_record(&mut tx, raw, source, &mut outcome)
-                .await?;
+        let mut claims = claim_all(&mut tx, schema, batch, parsed).await?;
+        for (raw, parsed) in batch.iter().zip(parsed) {
+            match parsed {
+                Parsed::NotOurs => {}
+                Parsed::Poison(reason) => {
+                    // Keyed by position: re-reading the topic must not dead-letter it twice.
+                    if claims.remove(&position_id(raw)) == Some(Existing::None) {
+                        let now = Utc::now();
+                        out.push(self.dead_letter(raw, ErrorKind::Poison, reason.clone(), 0, now));
+                        tracing::warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, reason = %reason, "poison record dead-lettered");
+                        outcome.dead_lettered.push(ErrorKind::Poison);
+                    }
+                }
+                Parsed::Event(event) => {
+                    // A second copy of an event in the same batch finds its claim taken.
+                    let existing = claims.remove(&event.event_id).unwrap_or(Existing::Done);
+                    let run = matches!(
+                        (source, existing),
+                        (_, Existing::None) | (Source::Retry, Existing::Retrying)
+                    );
+                    if !run {
+                        outcome.duplicates.push(raw.topic.clone());
+                        continue;
+                    }
+                    let retrying = existing == Existing::Retrying;
+                    let span = tracing::info_span!("handle", payment_id = %event.payment_id, event_type = %event.event_type, event_id = %event.event_id);
+                    match mode {
+                        Mode::Fast => {
+                            let done = self
+                                .run_fast(&mut tx, event, retrying, &mut out)
+                                .instrument(span)
+                                .await?;
+                            if !done {
+                                tx.rollback().await.context("rolling back a fast batch")?;
+                                return Ok(None);
+                            }
+                            outcome.applied.push(event.payment_id);
+                        }
+                        Mode::Safe => {
+                            self.run_handler(&mut tx, raw, event, retrying, &mut outcome, &mut out)
+                                .instrument(span)
+                                .await?;
+                        }
+                    }
+                }
+            }
         }
+        outbox::enqueue(&mut tx, schema, &out).await?;
         tx.commit().await.context("committing batch transaction")?;
-        Ok(outcome)
+        Ok(Some(outcome))
     }
 
-    async fn process_record(
+    /// One attempt without a savepoint; `false` when the handler failed (the caller rolls back).
+    async fn run_fast(
         &self,
         tx: &mut PgConnection,
-        raw: &RawRecord,
-        source: Source,
-        outcome: &mut BatchOutcome,
-    ) -> anyhow::Result<()> {
-        let schema = &self.config.db_schema;
-        let event = match parse(raw) {
-            Ok(event) => event,
-            Err(reason) => {
-                // Keyed by position: re-reading the topic must not dead-letter it twice.
-                let id = position_id(raw);
-                if claim(tx, schema, id, raw, Claim::Done).await? == Existing::None {
-                    let now = Utc::now();
-                    self.dead_letter(tx, raw, ErrorKind::Poison, reason.clone(), 0, now)
-                        .await?;
-                    tracing::warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, reason = %reason, "poison record dead-lettered");
-                    outcome.dead_lettered.push(ErrorKind::Poison);
-                }
-                return Ok(());
-            }
-        };
-        if !self.handler.handles(&event.event_type) {
-            return Ok(());
+        event: &InboundEvent,
+        retrying: bool,
+        out: &mut Vec<OutboxRecord>,
+    ) -> anyhow::Result<bool> {
+        let mut emitter = Emitter::new(event.traceparent.clone(), event.correlation_id.clone());
+        let timer = Instant::now();
+        let result = self.handler.handle(tx, event, &mut emitter).await;
+        self.metrics
+            .handler_seconds
+            .observe(timer.elapsed().as_secs_f64());
+        if result.is_err() {
+            return Ok(false);
         }
-        let existing = claim(tx, schema, event.event_id, raw, Claim::Done).await?;
-        let run = matches!(
-            (source, existing),
-            (_, Existing::None) | (Source::Retry, Existing::Retrying)
-        );
-        if !run {
-            outcome.duplicates.push(raw.topic.clone());
-            return Ok(());
+        out.extend(emitter.take());
+        if retrying {
+            mark(tx, &self.config.db_schema, event.event_id, Claim::Done).await?;
         }
-        let span = tracing::info_span!("handle", payment_id = %event.payment_id, event_type = %event.event_type, event_id = %event.event_id);
-        let claimed_as_retrying = existing == Existing::Retrying;
-        self.run_handler(tx, raw, &event, claimed_as_retrying, outcome)
-            .instrument(span)
-            .await
+        Ok(true)
     }
 
     async fn run_handler(
@@ -537,6 +610,7 @@ impl<H: Handler> ConsumerRuntime<H> {
         event: &InboundEvent,
         claimed_as_retrying: bool,
         outcome: &mut BatchOutcome,
+        out: &mut Vec<OutboxRecord>,
     ) -> anyhow::Result<()> {
         let schema = &self.config.db_schema;
         let policy = &self.config.retry;
@@ -564,8 +638,8 @@ impl<H: Handler> ConsumerRuntime<H> {
                 .observe(timer.elapsed().as_secs_f64());
             let err = match result {
                 Ok(()) => {
-                    outbox::enqueue(&mut sp, schema, &emitter.take()).await?;
                     sp.commit().await.context("releasing a savepoint")?;
+                    out.extend(emitter.take());
                     if let Some(id) = close_claim {
                         mark(tx, schema, id, Claim::Done).await?;
                     }
@@ -577,60 +651,61 @@ impl<H: Handler> ConsumerRuntime<H> {
             sp.rollback().await.context("rolling back a savepoint")?;
             let total = earlier_attempts + attempt;
             let first = first_failure.unwrap_or_else(Utc::now);
-            match err {
+            let dead = match err {
                 HandlerError::Permanent(e) => {
                     let msg = format!("{e:#}");
                     tracing::warn!(error = %msg, "permanent failure; dead-lettering");
-                    self.dead_letter(tx, raw, ErrorKind::Permanent, msg, total, first)
-                        .await?;
-                    outcome.dead_lettered.push(ErrorKind::Permanent);
-                    return match close_claim {
-                        Some(id) => mark(tx, schema, id, Claim::Done).await,
-                        None => Ok(()),
-                    };
+                    Some((ErrorKind::Permanent, msg))
                 }
                 HandlerError::Transient(e) => {
                     let msg = format!("{e:#}");
                     if total >= policy.max_attempts {
                         tracing::error!(attempts = total, error = %msg, "retries exhausted; dead-lettering");
-                        self.dead_letter(tx, raw, ErrorKind::Exhausted, msg, total, first)
-                            .await?;
-                        outcome.dead_lettered.push(ErrorKind::Exhausted);
-                        return match close_claim {
-                            Some(id) => mark(tx, schema, id, Claim::Done).await,
-                            None => Ok(()),
-                        };
-                    }
-                    if attempt >= policy.in_place_attempts {
+                        Some((ErrorKind::Exhausted, msg))
+                    } else if attempt >= policy.in_place_attempts {
                         let pass = total.div_ceil(policy.in_place_attempts.max(1));
                         let due = Utc::now()
                             + chrono::Duration::from_std(policy.retry_delay(pass))
                                 .unwrap_or_else(|_| chrono::Duration::seconds(1));
                         tracing::warn!(attempts = total, error = %msg, due = %due, "moving record to the retry topic");
-                        let copy =
-                            dlt::retry_record(raw, &self.config.group_id, total, first, &msg, due);
-                        outbox::enqueue(tx, schema, &[copy]).await?;
+                        out.push(dlt::retry_record(
+                            raw,
+                            &self.config.group_id,
+                            total,
+                            first,
+                            &msg,
+                            due,
+                        ));
                         outcome.sent_to_retry += 1;
                         return mark(tx, schema, event.event_id, Claim::Retrying).await;
+                    } else {
+                        outcome.retried_in_place += 1;
+                        let pause = backoff.next_backoff().unwrap_or(policy.max_backoff);
+                        tracing::debug!(attempt, error = %msg, "transient failure; retrying in place");
+                        tokio::time::sleep(pause).await;
+                        None
                     }
-                    outcome.retried_in_place += 1;
-                    let pause = backoff.next_backoff().unwrap_or(policy.max_backoff);
-                    tracing::debug!(attempt, error = %msg, "transient failure; retrying in place");
-                    tokio::time::sleep(pause).await;
                 }
+            };
+            if let Some((kind, msg)) = dead {
+                out.push(self.dead_letter(raw, kind, msg, total, first));
+                outcome.dead_lettered.push(kind);
+                return match close_claim {
+                    Some(id) => mark(tx, schema, id, Claim::Done).await,
+                    None => Ok(()),
+                };
             }
         }
     }
 
-    async fn dead_letter(
+    fn dead_letter(
         &self,
-        tx: &mut PgConnection,
         raw: &RawRecord,
         kind: ErrorKind,
         message: String,
         attempts: u32,
         first_failure: DateTime<Utc>,
-    ) -> anyhow::Result<()> {
+    ) -> OutboxRecord {
         let failure = Failure {
             kind,
             message,
@@ -638,9 +713,90 @@ impl<H: Handler> ConsumerRuntime<H> {
             first_failure,
             last_failure: Utc::now(),
         };
-        let record = dlt::dead_letter(raw, &self.config.group_id, &self.config.service, &failure);
-        outbox::enqueue(tx, &self.config.db_schema, &[record]).await
+        dlt::dead_letter(raw, &self.config.group_id, &self.config.service, &failure)
     }
+}
+
+enum Parsed {
+    Poison(String),
+    Event(Box<InboundEvent>),
+    /// A known event type this handler does not act on.
+    NotOurs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Fast,
+    Safe,
+}
+
+/// Claims the inbox rows of a whole batch in two statements. Ids are inserted in sorted order,
+/// so that two instances claiming overlapping batches during a rebalance take the row locks in
+/// the same order and wait for each other instead of deadlocking.
+async fn claim_all(
+    tx: &mut PgConnection,
+    schema: &str,
+    batch: &[RawRecord],
+    parsed: &[Parsed],
+) -> anyhow::Result<std::collections::HashMap<Uuid, Existing>> {
+    let mut rows: BTreeMap<Uuid, &RawRecord> = BTreeMap::new();
+    for (raw, p) in batch.iter().zip(parsed) {
+        match p {
+            Parsed::Poison(_) => {
+                rows.entry(position_id(raw)).or_insert(raw);
+            }
+            Parsed::Event(e) => {
+                rows.entry(e.event_id).or_insert(raw);
+            }
+            Parsed::NotOurs => {}
+        }
+    }
+    let mut claims = std::collections::HashMap::with_capacity(rows.len());
+    if rows.is_empty() {
+        return Ok(claims);
+    }
+    let ids: Vec<Uuid> = rows.keys().copied().collect();
+    let topics: Vec<&str> = rows.values().map(|r| r.topic.as_str()).collect();
+    let partitions: Vec<i32> = rows.values().map(|r| r.partition).collect();
+    let offsets: Vec<i64> = rows.values().map(|r| r.offset).collect();
+    let sql = format!(
+        "INSERT INTO {schema}.inbox (event_id, topic, partition, \"offset\", status)
+         SELECT id, t, p, o, 'done' FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::bigint[])
+           AS u(id, t, p, o) ORDER BY id
+         ON CONFLICT (event_id) DO NOTHING RETURNING event_id"
+    );
+    let inserted: Vec<Uuid> = sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(&ids)
+        .bind(&topics)
+        .bind(&partitions)
+        .bind(&offsets)
+        .fetch_all(&mut *tx)
+        .await
+        .context("claiming inbox rows")?;
+    for id in &inserted {
+        claims.insert(*id, Existing::None);
+    }
+    if inserted.len() < ids.len() {
+        let rest: Vec<Uuid> = ids
+            .into_iter()
+            .filter(|id| !claims.contains_key(id))
+            .collect();
+        let sql = format!("SELECT event_id, status FROM {schema}.inbox WHERE event_id = ANY($1)");
+        let existing: Vec<(Uuid, String)> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(&rest)
+            .fetch_all(&mut *tx)
+            .await
+            .context("reading inbox rows")?;
+        for (id, status) in existing {
+            let e = if status == "retrying" {
+                Existing::Retrying
+            } else {
+                Existing::Done
+            };
+            claims.insert(id, e);
+        }
+    }
+    Ok(claims)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -663,46 +819,6 @@ enum Existing {
     None,
     Done,
     Retrying,
-}
-
-/// Inserts the inbox row, or tells what is already there. A concurrent claim of the same id by
-/// another instance blocks on the unique index until that instance commits or rolls back, which
-/// is what makes a rebalance in the middle of a batch safe.
-async fn claim(
-    tx: &mut PgConnection,
-    schema: &str,
-    id: Uuid,
-    raw: &RawRecord,
-    status: Claim,
-) -> anyhow::Result<Existing> {
-    let sql = format!(
-        "INSERT INTO {schema}.inbox (event_id, topic, partition, \"offset\", status)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING"
-    );
-    let inserted = sqlx::query(AssertSqlSafe(sql))
-        .bind(id)
-        .bind(&raw.topic)
-        .bind(raw.partition)
-        .bind(raw.offset)
-        .bind(status.as_str())
-        .execute(&mut *tx)
-        .await
-        .context("claiming the inbox row")?
-        .rows_affected();
-    if inserted == 1 {
-        return Ok(Existing::None);
-    }
-    let sql = format!("SELECT status FROM {schema}.inbox WHERE event_id = $1");
-    let current: String = sqlx::query_scalar(AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await
-        .context("reading the inbox row")?;
-    Ok(if current == "retrying" {
-        Existing::Retrying
-    } else {
-        Existing::Done
-    })
 }
 
 async fn mark(tx: &mut PgConnection, schema: &str, id: Uuid, status: Claim) -> anyhow::Result<()> {
