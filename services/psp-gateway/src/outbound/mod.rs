@@ -1,2 +1,3 @@
+pub mod instrumented;
 pub mod postgres;
 pub mod wire_psp;

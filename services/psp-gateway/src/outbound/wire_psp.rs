@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use paystream_domain::PaymentId;
 use reqwest::StatusCode;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 
 use crate::config::PspConfig;
-use crate::domain::ports::{Charge, ChargeRequest, ChargeStatus, Psp, PspError};
+use crate::domain::ports::{Charge, ChargeRequest, ChargeStatus, Psp, PspError, Refund};
 
 pub struct WirePsp {
     name: String,
@@ -20,6 +21,7 @@ pub struct WirePsp {
 }
 
 impl WirePsp {
+    /// `timeout` bounds every call end to end (connect, send, answer, body).
     pub fn new(config: &PspConfig, timeout: Duration) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -32,6 +34,50 @@ impl WirePsp {
             api_key: config.api_key.clone(),
             http,
         })
+    }
+
+    /// Sends a mutating call with its idempotency key and maps the answer to the port's terms.
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        idempotency_key: &str,
+        body: serde_json::Value,
+    ) -> Result<T, PspError> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .bearer_auth(&self.api_key)
+            .header("Idempotency-Key", idempotency_key)
+            .json(&body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        match status {
+            StatusCode::OK | StatusCode::CREATED => serde_json::from_slice(&bytes)
+                .map_err(|e| PspError::Unknown(format!("unreadable answer: {e}"))),
+            StatusCode::PAYMENT_REQUIRED => {
+                let err = wire_error(&bytes);
+                Err(PspError::Declined {
+                    code: err.code.unwrap_or_else(|| "card_declined".to_owned()),
+                    message: err.message.unwrap_or_default(),
+                })
+            }
+            StatusCode::CONFLICT => Err(PspError::InFlight),
+            // Not processed, but not a verdict on the request either: retry later, same key.
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS => {
+                Err(PspError::Unknown(format!("PSP answered {status}")))
+            }
+            s if s.is_server_error() => Err(PspError::Unknown(format!("PSP answered {s}"))),
+            s => {
+                let err = wire_error(&bytes);
+                Err(PspError::Rejected {
+                    code: err.code.unwrap_or_else(|| format!("http_{}", s.as_u16())),
+                    message: err.message.unwrap_or_default(),
+                })
+            }
+        }
     }
 }
 
@@ -49,8 +95,11 @@ impl From<WireCharge> for Charge {
         let status = match c.status.as_str() {
             "succeeded" => ChargeStatus::Succeeded,
             "requires_capture" => ChargeStatus::RequiresCapture,
+            "canceled" => ChargeStatus::Canceled,
+            "failed" => ChargeStatus::Failed,
             _ => ChargeStatus::Other,
         };
+        // Some PSPs leave amount_captured out of a charge captured at creation.
         let amount_captured = if status == ChargeStatus::Succeeded && c.amount_captured == 0 {
             c.amount
         } else {
@@ -63,6 +112,13 @@ impl From<WireCharge> for Charge {
             amount_captured,
         }
     }
+}
+
+#[derive(Deserialize)]
+struct WireRefund {
+    id: String,
+    charge: String,
+    amount: i64,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +137,12 @@ struct WireErrorBody {
 #[derive(Deserialize)]
 struct WireError {
     error: WireErrorBody,
+}
+
+fn wire_error(bytes: &[u8]) -> WireErrorBody {
+    serde_json::from_slice::<WireError>(bytes)
+        .map(|e| e.error)
+        .unwrap_or_default()
 }
 
 fn transport_error(e: reqwest::Error) -> PspError {
@@ -112,44 +174,9 @@ impl Psp for WirePsp {
             "capture": request.capture,
             "reference": request.payment_id.to_string(),
         });
-        let response = self
-            .http
-            .post(format!("{}/v1/charges", self.base_url))
-            .bearer_auth(&self.api_key)
-            .header("Idempotency-Key", idempotency_key)
-            .json(&body)
-            .send()
+        self.post::<WireCharge>("/v1/charges", idempotency_key, body)
             .await
-            .map_err(transport_error)?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(transport_error)?;
-        match status {
-            StatusCode::OK | StatusCode::CREATED => {
-                let charge: WireCharge = serde_json::from_slice(&bytes)
-                    .map_err(|e| PspError::Unknown(format!("unreadable charge: {e}")))?;
-                Ok(charge.into())
-            }
-            StatusCode::PAYMENT_REQUIRED => {
-                let err = serde_json::from_slice::<WireError>(&bytes)
-                    .map(|e| e.error)
-                    .unwrap_or_default();
-                Err(PspError::Declined {
-                    code: err.code.unwrap_or_else(|| "card_declined".to_owned()),
-                    message: err.message.unwrap_or_default(),
-                })
-            }
-            StatusCode::CONFLICT => Err(PspError::InFlight),
-            s if s.is_server_error() => Err(PspError::Unknown(format!("PSP answered {s}"))),
-            s => {
-                let err = serde_json::from_slice::<WireError>(&bytes)
-                    .map(|e| e.error)
-                    .unwrap_or_default();
-                Err(PspError::Rejected(format!(
-                    "{s}: {}",
-                    err.code.unwrap_or_else(|| "unknown".to_owned())
-                )))
-            }
-        }
+            .map(Charge::from)
     }
 
     async fn charges_for(&self, payment_id: PaymentId) -> Result<Vec<Charge>, PspError> {
@@ -169,5 +196,49 @@ impl Psp for WirePsp {
         }
         let list: WireList = response.json().await.map_err(transport_error)?;
         Ok(list.data.into_iter().map(Charge::from).collect())
+    }
+
+    async fn capture(
+        &self,
+        charge_id: &str,
+        amount: Option<i64>,
+        idempotency_key: &str,
+    ) -> Result<Charge, PspError> {
+        let body = match amount {
+            Some(a) => serde_json::json!({ "amount": a }),
+            None => serde_json::json!({}),
+        };
+        self.post::<WireCharge>(
+            &format!("/v1/charges/{charge_id}/capture"),
+            idempotency_key,
+            body,
+        )
+        .await
+        .map(Charge::from)
+    }
+
+    async fn cancel(&self, charge_id: &str, idempotency_key: &str) -> Result<Charge, PspError> {
+        self.post::<WireCharge>(
+            &format!("/v1/charges/{charge_id}/cancel"),
+            idempotency_key,
+            serde_json::json!({}),
+        )
+        .await
+        .map(Charge::from)
+    }
+
+    async fn refund(
+        &self,
+        charge_id: &str,
+        amount: i64,
+        idempotency_key: &str,
+    ) -> Result<Refund, PspError> {
+        let body = serde_json::json!({ "charge": charge_id, "amount": amount });
+        let r: WireRefund = self.post("/v1/refunds", idempotency_key, body).await?;
+        Ok(Refund {
+            id: r.id,
+            charge: r.charge,
+            amount: r.amount,
+        })
     }
 }

@@ -1,1 +1,3 @@
 pub mod postgres;
+pub mod redis;
+pub mod rules_file;
