@@ -95,7 +95,8 @@ cmd_up() {
     fi
     port=$([[ $psp == alpha ]] && echo 8091 || echo 8092)
     export "$url_var=http://127.0.0.1:$port"
-    start psp-sim "psp-sim-$psp" -- --name "$psp" --addr "127.0.0.1:$port"
+    # webhooks go to the first gateway instance's HTTP listener
+    start psp-sim "psp-sim-$psp" PSP_SIM_WEBHOOK_URL="http://127.0.0.1:9112/webhooks/$psp" -- --name "$psp" --addr "127.0.0.1:$port"
   done
   local i
   for i in $(seq 1 "$REPLICAS"); do
