@@ -164,9 +164,14 @@ impl RetryPolicy {
             .build()
     }
 
+    /// Capped at two minutes: the retry consumer waits for a due time without polling Kafka, and
+    /// a wait near `max.poll.interval.ms` (five minutes) would get it fenced out of the group.
     fn retry_delay(&self, pass: u32) -> Duration {
         let factor = 2u32.saturating_pow(pass.saturating_sub(1).min(10));
-        let base = self.retry_topic_delay.saturating_mul(factor);
+        let base = self
+            .retry_topic_delay
+            .saturating_mul(factor)
+            .min(Duration::from_secs(120));
         let jitter = rand::random::<f64>() * 0.25;
         base.mul_f64(1.0 + jitter)
     }
@@ -357,8 +362,15 @@ impl<H: Handler> ConsumerRuntime<H> {
             if batch.is_empty() {
                 continue;
             }
-            if source == Source::Retry && !self.wait_until_due(&batch, &shutdown).await {
-                break;
+            if source == Source::Retry {
+                if !self.wait_until_due(&batch, &shutdown).await {
+                    break;
+                }
+                // The wait may have outlasted the assignment.
+                batch.retain(|r| !context.is_revoked(&r.topic, r.partition));
+                if batch.is_empty() {
+                    continue;
+                }
             }
             let started = Instant::now();
             if !self.process_until_durable(&batch, source, &shutdown).await {
@@ -546,12 +558,14 @@ impl<H: Handler> ConsumerRuntime<H> {
                     let run = matches!(
                         (source, existing),
                         (_, Existing::None) | (Source::Retry, Existing::Retrying)
-                    );
+                    ) || (source == Source::Retry
+                        && existing == Existing::Dead
+                        && raw.header("replay.count").is_some());
                     if !run {
                         outcome.duplicates.push(raw.topic.clone());
                         continue;
                     }
-                    let retrying = existing == Existing::Retrying;
+                    let retrying = matches!(existing, Existing::Retrying | Existing::Dead);
                     let span = tracing::info_span!("handle", payment_id = %event.payment_id, event_type = %event.event_type, event_id = %event.event_id);
                     match mode {
                         Mode::Fast => {
@@ -622,7 +636,7 @@ impl<H: Handler> ConsumerRuntime<H> {
             None
         };
         let earlier_attempts = raw.retry_attempts();
-        let first_failure = raw.first_failure();
+        let mut first_failure = raw.first_failure();
         let mut backoff = policy.in_place_backoff();
         let mut attempt = 0u32;
         loop {
@@ -650,7 +664,7 @@ impl<H: Handler> ConsumerRuntime<H> {
             };
             sp.rollback().await.context("rolling back a savepoint")?;
             let total = earlier_attempts + attempt;
-            let first = first_failure.unwrap_or_else(Utc::now);
+            let first = *first_failure.get_or_insert_with(Utc::now);
             let dead = match err {
                 HandlerError::Permanent(e) => {
                     let msg = format!("{e:#}");
@@ -690,10 +704,7 @@ impl<H: Handler> ConsumerRuntime<H> {
             if let Some((kind, msg)) = dead {
                 out.push(self.dead_letter(raw, kind, msg, total, first));
                 outcome.dead_lettered.push(kind);
-                return match close_claim {
-                    Some(id) => mark(tx, schema, id, Claim::Done).await,
-                    None => Ok(()),
-                };
+                return mark(tx, schema, event.event_id, Claim::Dead).await;
             }
         }
     }
@@ -781,17 +792,23 @@ async fn claim_all(
             .into_iter()
             .filter(|id| !claims.contains_key(id))
             .collect();
-        let sql = format!("SELECT event_id, status FROM {schema}.inbox WHERE event_id = ANY($1)");
+        // Locked, in id order: a `retrying` row is claimed by whoever locks it first, and a second
+        // consumer holding the same retry copy (after a fenced-out member's partition moved)
+        // waits, then sees it `done`.
+        let sql = format!(
+            "SELECT event_id, status FROM {schema}.inbox WHERE event_id = ANY($1)
+             ORDER BY event_id FOR UPDATE"
+        );
         let existing: Vec<(Uuid, String)> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(&rest)
             .fetch_all(&mut *tx)
             .await
             .context("reading inbox rows")?;
         for (id, status) in existing {
-            let e = if status == "retrying" {
-                Existing::Retrying
-            } else {
-                Existing::Done
+            let e = match status.as_str() {
+                "retrying" => Existing::Retrying,
+                "dead" => Existing::Dead,
+                _ => Existing::Done,
             };
             claims.insert(id, e);
         }
@@ -803,12 +820,15 @@ async fn claim_all(
 enum Claim {
     Done,
     Retrying,
+    /// Dead-lettered: skipped on redelivery, but run again when an operator replays it.
+    Dead,
 }
 
 impl Claim {
     fn as_str(&self) -> &'static str {
         match self {
             Claim::Done => "done",
+            Claim::Dead => "dead",
             Claim::Retrying => "retrying",
         }
     }
@@ -819,6 +839,7 @@ enum Existing {
     None,
     Done,
     Retrying,
+    Dead,
 }
 
 async fn mark(tx: &mut PgConnection, schema: &str, id: Uuid, status: Claim) -> anyhow::Result<()> {

@@ -98,19 +98,39 @@ impl RawRecord {
             .map(|t| t.with_timezone(&Utc))
     }
 
+    /// A retry copy names its original in `retry.original.*`; a dead letter an operator replayed
+    /// names it in `dlt.original.*`.
     pub fn origin(&self) -> Origin {
-        match (
-            self.header_str(RETRY_ORIGINAL_TOPIC),
-            self.header_num(RETRY_ORIGINAL_PARTITION),
-            self.header_num(RETRY_ORIGINAL_OFFSET),
+        let named = |topic: &str, partition: &str, offset: &str, ts: &str| match (
+            self.header_str(topic),
+            self.header_num(partition),
+            self.header_num(offset),
         ) {
-            (Some(topic), Some(partition), Some(offset)) => Origin {
+            (Some(topic), Some(partition), Some(offset)) => Some(Origin {
                 topic: topic.to_owned(),
                 partition: i32::try_from(partition).unwrap_or(-1),
                 offset,
-                timestamp_ms: self.header_num(RETRY_ORIGINAL_TIMESTAMP),
-            },
-            _ => Origin {
+                timestamp_ms: self.header_num(ts),
+            }),
+            _ => None,
+        };
+        let found = named(
+            RETRY_ORIGINAL_TOPIC,
+            RETRY_ORIGINAL_PARTITION,
+            RETRY_ORIGINAL_OFFSET,
+            RETRY_ORIGINAL_TIMESTAMP,
+        )
+        .or_else(|| {
+            named(
+                "dlt.original.topic",
+                "dlt.original.partition",
+                "dlt.original.offset",
+                "dlt.original.timestamp",
+            )
+        });
+        match found {
+            Some(origin) => origin,
+            None => Origin {
                 topic: self.topic.clone(),
                 partition: self.partition,
                 offset: self.offset,
@@ -119,11 +139,12 @@ impl RawRecord {
         }
     }
 
-    /// The headers the producer of the original record wrote, without the runtime's own.
+    /// The headers the producer of the original record wrote, without the runtime's own
+    /// (`replay.count` stays: it is how a replayed record is kept from looping for ever).
     pub fn original_headers(&self) -> Vec<(String, Vec<u8>)> {
         self.headers
             .iter()
-            .filter(|(n, _)| !n.starts_with("retry."))
+            .filter(|(n, _)| !n.starts_with("retry.") && !n.starts_with("dlt."))
             .cloned()
             .collect()
     }
