@@ -321,3 +321,353 @@ async fn balances_are_per_currency() {
             .is_empty()
     );
 }
+
+/// Batches as the consumer runtime runs them: several records in one transaction, each in its
+/// own savepoint. Returns the failures' messages (an empty list: the batch committed).
+async fn handle_batch(
+    pool: &PgPool,
+    handler: &LedgerHandler,
+    events: &[InboundEvent],
+) -> Option<String> {
+    let mut tx = pool.begin().await.unwrap();
+    for event in events {
+        let mut sp = sqlx::Connection::begin(&mut *tx).await.unwrap();
+        let mut out = Emitter::new(None, None);
+        if let Err(e) = handler.handle(&mut sp, event, &mut out).await {
+            let message = format!("{e:#}");
+            drop(sp);
+            tx.rollback().await.ok();
+            return Some(message);
+        }
+        sp.commit().await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    None
+}
+
+/// Four instances post batches of captures for the same few merchants, each batch in its own
+/// order. Row locks taken transfer by transfer pile up within a batch, so without the ledger
+/// lock two batches regularly wait on each other's rows (Postgres detects the deadlock after
+/// `deadlock_timeout` and the runtime replays the whole batch). With it, none does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_of_several_instances_never_deadlock() {
+    const INSTANCES: usize = 4;
+    const BATCHES: usize = 12;
+    const PER_BATCH: usize = 25;
+    let pool = pool().await;
+    let merchants: Vec<MerchantId> = (0..5).map(|_| merchant()).collect();
+    let started = std::time::Instant::now();
+    let tasks: Vec<_> = (0..INSTANCES)
+        .map(|w| {
+            let (pool, merchants) = (pool.clone(), merchants.clone());
+            tokio::spawn(async move {
+                let h = handler();
+                let (mut deadlocks, mut other) = (0, Vec::new());
+                for b in 0..BATCHES {
+                    let mut events: Vec<(Uuid, InboundEvent)> = (0..PER_BATCH)
+                        .map(|i| {
+                            let m = &merchants[(w + b + i * 3) % merchants.len()];
+                            let amount = 1_000 + (i as i64) * 11;
+                            (
+                                Uuid::new_v4(),
+                                psp_result(PaymentId::new(), m, "succeeded", amount, "EUR"),
+                            )
+                        })
+                        .collect();
+                    events.sort_by_key(|(k, _)| *k);
+                    let events: Vec<InboundEvent> = events.into_iter().map(|(_, e)| e).collect();
+                    while let Some(failure) = handle_batch(&pool, &h, &events).await {
+                        if failure.contains("deadlock detected") {
+                            deadlocks += 1;
+                        } else {
+                            other.push(failure);
+                            break;
+                        }
+                    }
+                }
+                (deadlocks, other)
+            })
+        })
+        .collect();
+    let (mut deadlocks, mut other) = (0, Vec::new());
+    for task in tasks {
+        let (d, o) = task.await.unwrap();
+        deadlocks += d;
+        other.extend(o);
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{INSTANCES} instances x {BATCHES} batches x {PER_BATCH} captures over {} merchants: {elapsed:.2?}, {deadlocks} deadlocked batches replayed",
+        merchants.len()
+    );
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!(deadlocks, 0);
+    assert_eq!(accounts_out_of_step(&pool).await, Vec::<String>::new());
+    let posted: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM account_store.entries WHERE account = ANY($1) AND side = 'credit'",
+    )
+    .bind(
+        merchants
+            .iter()
+            .map(|m| format!("merchant:{m}:payable"))
+            .collect::<Vec<_>>(),
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(posted, (INSTANCES * BATCHES * PER_BATCH) as i64);
+}
+
+fn event(id: PaymentId, event_type: &str, data: Value) -> InboundEvent {
+    InboundEvent {
+        event_id: Uuid::now_v7(),
+        event_type: event_type.into(),
+        schema_version: 1,
+        payment_id: id,
+        occurred_at: chrono::Utc::now(),
+        data,
+        topic: "payments.psp-results".into(),
+        partition: 0,
+        offset: 0,
+        traceparent: None,
+        correlation_id: None,
+    }
+}
+
+fn refund_event(id: PaymentId, m: &MerchantId, refund_id: &str, amount: i64) -> InboundEvent {
+    event(
+        id,
+        "payment.refunded",
+        json!({
+            "merchant_id": m.as_str(), "refund_id": refund_id, "psp": "alpha",
+            "charge_id": "ch_test", "psp_refund_id": format!("psp_{refund_id}"),
+            "amount": amount, "currency": "EUR",
+        }),
+    )
+}
+
+fn captured_event(id: PaymentId, m: &MerchantId, amount: i64) -> InboundEvent {
+    event(
+        id,
+        "payment.captured",
+        json!({
+            "merchant_id": m.as_str(), "command_id": "cmd_1", "psp": "alpha",
+            "charge_id": "ch_test", "currency": "EUR", "amount_captured": amount,
+        }),
+    )
+}
+
+async fn try_handle(
+    pool: &PgPool,
+    handler: &LedgerHandler,
+    event: &InboundEvent,
+) -> Result<Vec<OutboxRecord>, HandlerError> {
+    let mut tx = pool.begin().await.unwrap();
+    let mut out = Emitter::new(None, None);
+    match handler.handle(&mut tx, event, &mut out).await {
+        Ok(()) => {
+            tx.commit().await.unwrap();
+            Ok(out.take())
+        }
+        Err(e) => {
+            tx.rollback().await.unwrap();
+            Err(e)
+        }
+    }
+}
+
+fn posting_data(record: &OutboxRecord) -> Value {
+    let envelope: Value = serde_json::from_slice(&record.value).unwrap();
+    SchemaRegistry::global()
+        .validate_data("ledger.posting", 1, &envelope["data"])
+        .unwrap();
+    envelope["data"].clone()
+}
+
+#[tokio::test]
+async fn refunds_reverse_the_capture_in_proportion_once_per_refund_id() {
+    let pool = pool().await;
+    let h = handler();
+    let m = merchant();
+    let id = PaymentId::new();
+    // A manual capture posts like an automatic one.
+    let records = handle(&pool, &h, &captured_event(id, &m, 10_000)).await;
+    assert_eq!(posting_data(&records[0])["kind"], "capture");
+
+    // 2.9 % of 2500 is 72.5: the fee share rounds half up, like the fee itself.
+    let first = handle(&pool, &h, &refund_event(id, &m, "re_1", 2_500)).await;
+    assert_eq!(first.len(), 1);
+    let payable = format!("merchant:{m}:payable");
+    assert_eq!(
+        posting_data(&first[0]),
+        json!({
+            "transfer_id": format!("tr_{}_refund_re_1", id.as_uuid().simple()),
+            "payment_id": id.to_string(),
+            "kind": "refund",
+            "currency": "EUR",
+            "entries": [
+                {"account": payable, "side": "debit", "amount": 2_427},
+                {"account": "platform:fees", "side": "debit", "amount": 73},
+                {"account": "psp:alpha:clearing", "side": "credit", "amount": 2_500},
+            ],
+        })
+    );
+    // The same refund under a new event id posts nothing.
+    assert!(
+        handle(&pool, &h, &refund_event(id, &m, "re_1", 2_500))
+            .await
+            .is_empty()
+    );
+    // The rest: the fee and the net are reversed exactly.
+    let rest = handle(&pool, &h, &refund_event(id, &m, "re_2", 7_500)).await;
+    let entries = &posting_data(&rest[0])["entries"];
+    assert_eq!(entries[0]["amount"], 9_710 - 2_427);
+    assert_eq!(entries[1]["amount"], 290 - 73);
+    let eur = Currency::parse("EUR").unwrap();
+    assert_eq!(
+        account_store::balances(&pool, &m).await.unwrap(),
+        vec![(eur, 0)]
+    );
+    let transfers: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM account_store.transfers WHERE payment_id = $1")
+            .bind(id.as_uuid())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(transfers, 3);
+
+    // Nothing is left to refund: a third refund is a permanent error (dead letter).
+    let over = try_handle(&pool, &h, &refund_event(id, &m, "re_3", 1)).await;
+    assert!(matches!(over, Err(HandlerError::Permanent(_))), "{over:?}");
+    assert_eq!(accounts_out_of_step(&pool).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_refund_before_its_capture_is_posted_right_after_it() {
+    let pool = pool().await;
+    let h = handler();
+    let m = merchant();
+    let id = PaymentId::new();
+    assert!(
+        handle(&pool, &h, &refund_event(id, &m, "re_early", 400))
+            .await
+            .is_empty()
+    );
+    let parked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM account_store.parked_refunds WHERE payment_id = $1 AND resolved_at IS NULL",
+    )
+    .bind(id.as_uuid())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(parked, 1);
+
+    let records = handle(&pool, &h, &psp_result(id, &m, "succeeded", 1_000, "EUR")).await;
+    let kinds: Vec<Value> = records
+        .iter()
+        .map(|r| posting_data(r)["kind"].clone())
+        .collect();
+    assert_eq!(kinds, vec![json!("capture"), json!("refund")]);
+    let resolution: String = sqlx::query_scalar(
+        "SELECT resolution FROM account_store.parked_refunds WHERE payment_id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(resolution, "posted");
+}
+
+#[tokio::test]
+async fn a_refund_that_would_make_the_payable_negative_is_refused_unless_allowed() {
+    let pool = pool().await;
+    let m = merchant();
+    let id = PaymentId::new();
+    handle(
+        &pool,
+        &handler(),
+        &psp_result(id, &m, "succeeded", 1_000, "EUR"),
+    )
+    .await;
+    // Money already paid out of the payable (a payout the platform posted by other means): the
+    // payable holds less than the refund's net share.
+    let payable = format!("merchant:{m}:payable");
+    let mut tx = pool.begin().await.unwrap();
+    let payout = format!("tr_payout_{}", Uuid::new_v4().simple());
+    sqlx::query("INSERT INTO account_store.transfers (transfer_id, payment_id, kind, step, currency) VALUES ($1, $2, 'refund', 'payout', 'EUR')")
+        .bind(&payout)
+        .bind(id.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO account_store.entries (transfer_id, account, currency, side, amount) VALUES ($1, $2, 'EUR', 'debit', 900), ($1, 'psp:alpha:clearing', 'EUR', 'credit', 900)")
+        .bind(&payout)
+        .bind(&payable)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE account_store.accounts SET debits = debits + 900 WHERE account = $1 AND currency = 'EUR'")
+        .bind(&payable)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE account_store.accounts SET credits = credits + 900 WHERE account = 'psp:alpha:clearing' AND currency = 'EUR'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let refund = refund_event(id, &m, "re_neg", 100);
+    let refused = try_handle(&pool, &handler(), &refund).await;
+    match refused {
+        Err(HandlerError::Permanent(e)) => assert!(format!("{e}").contains("negative"), "{e}"),
+        other => panic!("expected a permanent error, got {other:?}"),
+    }
+    let lenient = handler().with_policy(account_store::domain::Policy {
+        allow_negative_payable: true,
+    });
+    let posted = try_handle(&pool, &lenient, &refund).await.unwrap();
+    assert_eq!(posted.len(), 1);
+    let eur = Currency::parse("EUR").unwrap();
+    assert_eq!(
+        account_store::balances(&pool, &m).await.unwrap(),
+        vec![(eur, 971 - 900 - 97)]
+    );
+}
+
+#[tokio::test]
+async fn a_parked_refund_that_breaks_a_rule_is_refused_without_failing_its_capture() {
+    let pool = pool().await;
+    let h = handler();
+    let m = merchant();
+    let id = PaymentId::new();
+    assert!(
+        handle(&pool, &h, &refund_event(id, &m, "re_big", 1_500))
+            .await
+            .is_empty()
+    );
+    let records = handle(&pool, &h, &psp_result(id, &m, "succeeded", 1_000, "EUR")).await;
+    assert_eq!(records.len(), 1, "the capture alone is published");
+    let (transfers, entries): (i64, i64) = sqlx::query_as(
+        "SELECT count(DISTINCT t.transfer_id), count(e.id) FROM account_store.transfers t
+         LEFT JOIN account_store.entries e USING (transfer_id) WHERE t.payment_id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (transfers, entries),
+        (1, 3),
+        "no trace of the refused refund"
+    );
+    let (resolution, note): (String, Option<String>) = sqlx::query_as(
+        "SELECT resolution, note FROM account_store.parked_refunds WHERE payment_id = $1",
+    )
+    .bind(id.as_uuid())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(resolution, "refused");
+    assert!(note.is_some_and(|n| n.contains("above the captured 1000")));
+}

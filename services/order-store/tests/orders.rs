@@ -395,3 +395,121 @@ async fn an_unreachable_redis_is_an_error_not_a_hang() {
     assert!(cache.invalidate(&[PaymentId::new()]).await.is_err());
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// Refund ids are global (`re_<uuid>` from the ingress): each test run makes its own.
+fn refund(id: PaymentId, refund_id: &str, amount: i64) -> InboundEvent {
+    let refund_id = format!("{refund_id}_{}", id.as_uuid().simple());
+    event(
+        id,
+        "payment.refunded",
+        json!({
+            "merchant_id": "m_orders", "refund_id": refund_id, "psp": "alpha",
+            "charge_id": "ch_test", "psp_refund_id": format!("psp_{refund_id}"),
+            "amount": amount, "currency": "EUR",
+        }),
+    )
+}
+
+fn capture(id: PaymentId, amount: i64) -> InboundEvent {
+    event(
+        id,
+        "payment.captured",
+        json!({
+            "merchant_id": "m_orders", "command_id": "cmd_1", "psp": "alpha",
+            "charge_id": "ch_test", "currency": "EUR", "amount_captured": amount,
+        }),
+    )
+}
+
+async fn refunded_amount(pool: &PgPool, id: PaymentId) -> i64 {
+    sqlx::query_scalar("SELECT amount_refunded FROM order_store.orders WHERE payment_id = $1")
+        .bind(id.as_uuid())
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn outcomes_before_their_state_are_parked_then_applied_in_arrival_order() {
+    let pool = pool().await;
+    let h = handler();
+    let id = PaymentId::new();
+    handle(&pool, &h, &refund(id, "re_1", 250)).await;
+    handle(&pool, &h, &capture(id, 1_000)).await;
+    assert!(history(&pool, id).await.is_empty(), "nothing applied yet");
+    let parked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM order_store.parked_events WHERE payment_id = $1 AND resolved_at IS NULL",
+    )
+    .bind(id.as_uuid())
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(parked, 2);
+
+    handle(&pool, &h, &psp(id, "requires_capture")).await;
+    let o = order(&pool, id).await;
+    assert_eq!((o.status.as_str(), o.amount_captured), ("succeeded", 1_000));
+    assert_eq!(refunded_amount(&pool, id).await, 250);
+    let rows = history(&pool, id).await;
+    let types: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(
+        types,
+        ["payment.psp_result", "payment.captured", "payment.refunded"],
+        "the capture lands before the refund that waited for it"
+    );
+    assert!(rows.iter().all(|r| r.3));
+}
+
+/// One transaction parks a refund while another applies the capture it waits for: the
+/// per-payment lock makes the second wait for the first, then see and apply the parked refund.
+#[tokio::test]
+async fn a_refund_parked_while_the_capture_lands_elsewhere_is_not_lost() {
+    let pool = pool().await;
+    let h = Arc::new(handler());
+    let id = PaymentId::new();
+    handle(&pool, &h, &psp(id, "requires_capture")).await;
+
+    let mut parking = pool.begin().await.unwrap();
+    let mut out = Emitter::new(None, None);
+    h.handle(&mut parking, &refund(id, "re_race", 400), &mut out)
+        .await
+        .unwrap();
+
+    let capturing = {
+        let (pool, h) = (pool.clone(), h.clone());
+        tokio::spawn(async move { handle(&pool, &h, &capture(id, 1_000)).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !capturing.is_finished(),
+        "the capture waits for the parking transaction"
+    );
+    parking.commit().await.unwrap();
+    capturing.await.unwrap();
+
+    let o = order(&pool, id).await;
+    assert_eq!(o.status, "succeeded");
+    assert_eq!(refunded_amount(&pool, id).await, 400);
+}
+
+#[tokio::test]
+async fn a_refund_is_applied_once_per_refund_id_and_never_beyond_the_capture() {
+    let pool = pool().await;
+    let h = handler();
+    let id = PaymentId::new();
+    handle(&pool, &h, &psp(id, "succeeded")).await;
+    handle(&pool, &h, &refund(id, "re_a", 1_000)).await;
+    handle(&pool, &h, &refund(id, "re_a", 1_000)).await;
+    handle(&pool, &h, &refund(id, "re_b", 251)).await;
+    handle(&pool, &h, &refund(id, "re_c", 250)).await;
+    assert_eq!(refunded_amount(&pool, id).await, 1_250);
+    let applied: Vec<bool> = history(&pool, id).await.into_iter().map(|r| r.3).collect();
+    assert_eq!(applied, vec![true, true, false, false, true]);
+    let refunds: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM order_store.refunds WHERE payment_id = $1")
+            .bind(id.as_uuid())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(refunds, 2);
+}

@@ -36,6 +36,17 @@ pub struct Config {
     pub common: CommonConfig,
     pub psps: Vec<PspEndpoint>,
     pub timing: Timing,
+    /// `PAYSTREAM_VALIDATOR_RECONCILE_MS` (default 60000; 0 turns it off): how often the whole
+    /// ledger and the PSPs' settlement reports are reconciled.
+    pub reconcile_interval: Duration,
+    /// `PAYSTREAM_LEDGER_ALLOW_NEGATIVE_PAYABLE`, as the account store reads it: a negative
+    /// merchant payable is a finding unless the ledger is configured to allow it.
+    pub allow_negative_payable: bool,
+    /// Tests only (never read from the environment): consume `<namespace>.<topic>` instead of
+    /// each contract topic, so that a test's fleet sees only the records its test produced even
+    /// when other fleets and load generators share the broker. Published records keep their
+    /// contract topics. `None` in production.
+    pub topic_namespace: Option<String>,
 }
 
 impl Config {
@@ -72,6 +83,25 @@ impl Config {
                     500u64,
                 )?),
             },
+            reconcile_interval: Duration::from_millis(env_parse(
+                "PAYSTREAM_VALIDATOR_RECONCILE_MS",
+                60_000u64,
+            )?),
+            allow_negative_payable: env_parse("PAYSTREAM_LEDGER_ALLOW_NEGATIVE_PAYABLE", false)?,
+            topic_namespace: None,
         })
+    }
+}
+
+impl Config {
+    /// The topics to consume: the contract names, or their namespaced copies in tests.
+    pub fn consumed_topics(&self, contract: &[&str]) -> Vec<String> {
+        contract
+            .iter()
+            .map(|t| match &self.topic_namespace {
+                Some(ns) => format!("{ns}.{t}"),
+                None => (*t).to_owned(),
+            })
+            .collect()
     }
 }

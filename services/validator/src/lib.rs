@@ -1,7 +1,9 @@
 //! validator: proves, payment by payment, that the fleet's side effects are what the events say
-//! they must be. It learns expectations from every topic, and once a payment settles checks the
-//! order store, the ledger and the PSP; any difference is a discrepancy (a row, a record on
-//! `payments.validation`, a metric).
+//! they must be. It learns expectations from every topic (requests, decisions, PSP results,
+//! captures, cancels and refunds), and once a payment settles checks the order store, the ledger
+//! and the PSPs; any difference is a discrepancy (a row, a record on `payments.validation`, a
+//! metric, a message a person can read). A periodic reconciliation checks the whole ledger and
+//! the PSPs' settlement reports against the orders and the ledger.
 
 pub mod config;
 pub mod domain;
@@ -21,9 +23,12 @@ pub use inbound::kafka::ValidatorHandler;
 pub const SERVICE: &str = "validator";
 pub const DB_SCHEMA: &str = "validator";
 
+pub use inbound::reconciler::{Reconciler, RunSummary};
+
 pub struct Application {
     service: ConsumerService<ValidatorHandler>,
     checker: inbound::checker::Checker,
+    reconciler: Reconciler,
 }
 
 pub async fn build(config: Config) -> anyhow::Result<Application> {
@@ -38,22 +43,34 @@ pub async fn build(config: Config) -> anyhow::Result<Application> {
         .collect::<anyhow::Result<_>>()?;
     let checker = inbound::checker::Checker::new(
         base.pool.clone(),
-        psps,
+        psps.clone(),
         config.timing.clone(),
         &base.registry,
     )?;
+    let reconciler = Reconciler::new(
+        base.pool.clone(),
+        psps,
+        config.timing.clone(),
+        config.reconcile_interval,
+        config.allow_negative_payable,
+        checker.discrepancies_counter(),
+        &base.registry,
+    )?;
     let handler = ValidatorHandler::new(config.timing.clone());
-    let runtime = base.runtime_config(
-        DB_SCHEMA,
-        &[
-            topics::PAYMENTS_REQUESTED,
-            topics::PAYMENTS_RISK_DECIDED,
-            topics::PAYMENTS_PSP_RESULTS,
-            topics::LEDGER_POSTINGS,
-        ],
-    );
+    let consumed = config.consumed_topics(&[
+        topics::PAYMENTS_REQUESTED,
+        topics::PAYMENTS_RISK_DECIDED,
+        topics::PAYMENTS_PSP_RESULTS,
+        topics::LEDGER_POSTINGS,
+    ]);
+    let consumed: Vec<&str> = consumed.iter().map(String::as_str).collect();
+    let runtime = base.runtime_config(DB_SCHEMA, &consumed);
     let service = base.consumer_service(runtime, handler).await?;
-    Ok(Application { service, checker })
+    Ok(Application {
+        service,
+        checker,
+        reconciler,
+    })
 }
 
 impl Application {
@@ -63,8 +80,10 @@ impl Application {
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let checker = tokio::spawn(self.checker.run_until_stopped(shutdown.clone()));
+        let reconciler = tokio::spawn(self.reconciler.run_until_stopped(shutdown.clone()));
         let served = self.service.run_until_stopped(shutdown).await;
         let checked = checker.await.context("checker task")?;
-        served.and(checked)
+        let reconciled = reconciler.await.context("reconciler task")?;
+        served.and(checked).and(reconciled)
     }
 }

@@ -4,6 +4,7 @@
 //! the first one seen for a payment. Each carries the payment's merchant, amount and currency,
 //! which is enough to create the order; the request's details arrive whenever they arrive.
 
+pub mod outcomes;
 pub mod ports;
 
 use std::collections::BTreeMap;

@@ -5,6 +5,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
+use crate::domain::outcomes::AppliedRefund;
 use crate::domain::{History, Order, capture_mode_str, parse_capture_mode};
 
 const ORDER_COLUMNS: &str = "payment_id, merchant_id, amount, currency, customer_id, capture, \
@@ -213,4 +214,141 @@ fn decode(row: &PgRow) -> anyhow::Result<Order> {
             .map_err(|e| invalid("risk_reasons", &e))?,
         version: row.try_get("version").context("reading orders.version")?,
     })
+}
+
+/// Serialises the handling of one payment's events across batches and instances, until the
+/// transaction ends. Parking needs it: without it, an event parked by one transaction while
+/// another applies the change it waits for could be missed by both (each reading before the
+/// other commits). The two-key form keeps these locks apart from the relay's single-key lock.
+pub async fn lock_payment(tx: &mut PgConnection, payment_id: PaymentId) -> anyhow::Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('order_store.payment'), hashtext($1))")
+        .bind(payment_id.as_uuid().to_string())
+        .execute(&mut *tx)
+        .await
+        .context("locking the payment")?;
+    Ok(())
+}
+
+/// Whether the event is already parked: like [`already_recorded`], a guard beyond the inbox.
+pub async fn already_parked(tx: &mut PgConnection, event_id: Uuid) -> anyhow::Result<bool> {
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM order_store.parked_events WHERE event_id = $1")
+            .bind(event_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .context("looking up the event among parked events")?;
+    Ok(found.is_some())
+}
+
+pub async fn refund_applied(tx: &mut PgConnection, refund_id: &str) -> anyhow::Result<bool> {
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM order_store.refunds WHERE refund_id = $1")
+            .bind(refund_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .context("looking up the refund")?;
+    Ok(found.is_some())
+}
+
+/// Returns false when the refund id is already taken (applied by a concurrent transaction).
+pub async fn insert_refund(
+    tx: &mut PgConnection,
+    payment_id: PaymentId,
+    event_id: Uuid,
+    refund: &AppliedRefund,
+) -> anyhow::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO order_store.refunds
+             (refund_id, payment_id, amount, currency, psp, psp_refund_id, event_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (refund_id) DO NOTHING",
+    )
+    .bind(&refund.refund_id)
+    .bind(payment_id.as_uuid())
+    .bind(refund.amount)
+    .bind(refund.currency.as_str())
+    .bind(&refund.psp)
+    .bind(&refund.psp_refund_id)
+    .bind(event_id)
+    .execute(&mut *tx)
+    .await
+    .context("recording the refund")?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// An event kept until the order reaches the state it needs.
+#[derive(Debug, Clone)]
+pub struct Parked {
+    pub seq: i64,
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub data: serde_json::Value,
+    pub occurred_at: DateTime<Utc>,
+    pub reason: String,
+    pub parked_at: DateTime<Utc>,
+}
+
+pub async fn park(
+    tx: &mut PgConnection,
+    payment_id: PaymentId,
+    event_id: Uuid,
+    event_type: &str,
+    data: &serde_json::Value,
+    occurred_at: DateTime<Utc>,
+    reason: &str,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO order_store.parked_events
+             (event_id, payment_id, event_type, data, occurred_at, reason)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event_id)
+    .bind(payment_id.as_uuid())
+    .bind(event_type)
+    .bind(data)
+    .bind(occurred_at)
+    .bind(reason)
+    .execute(&mut *tx)
+    .await
+    .context("parking the event")?;
+    Ok(())
+}
+
+/// The payment's parked events in arrival order.
+pub async fn waiting(tx: &mut PgConnection, payment_id: PaymentId) -> anyhow::Result<Vec<Parked>> {
+    let rows = sqlx::query(
+        "SELECT seq, event_id, event_type, data, occurred_at, reason, parked_at
+         FROM order_store.parked_events
+         WHERE payment_id = $1 AND resolved_at IS NULL ORDER BY seq",
+    )
+    .bind(payment_id.as_uuid())
+    .fetch_all(&mut *tx)
+    .await
+    .context("reading parked events")?;
+    rows.iter()
+        .map(|r| {
+            Ok(Parked {
+                seq: r.try_get("seq")?,
+                event_id: r.try_get("event_id")?,
+                event_type: r.try_get("event_type")?,
+                data: r.try_get("data")?,
+                occurred_at: r.try_get("occurred_at")?,
+                reason: r.try_get("reason")?,
+                parked_at: r.try_get("parked_at")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .context("decoding parked events")
+}
+
+pub async fn resolve(tx: &mut PgConnection, seq: i64, applied: bool) -> anyhow::Result<()> {
+    sqlx::query(
+        "UPDATE order_store.parked_events SET resolved_at = now(), resolution = $2 WHERE seq = $1",
+    )
+    .bind(seq)
+    .bind(if applied { "applied" } else { "refused" })
+    .execute(&mut *tx)
+    .await
+    .context("resolving a parked event")?;
+    Ok(())
 }

@@ -1,9 +1,11 @@
 //! The comparison itself: pure, so that every discrepancy kind is unit-tested without a fleet.
 
 pub mod ports;
+pub mod reconcile;
 
-use paystream_domain::Discrepancy;
+use paystream_domain::{Discrepancy, PaymentStatus};
 
+/// What the events say must be true of a payment once it settles.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expectation {
     pub expected_status: String,
@@ -11,6 +13,19 @@ pub struct Expectation {
     pub psp: Option<String>,
     pub charge_id: Option<String>,
     pub amount_captured: i64,
+    /// Sum of the refunds announced by `payment.refunded`, once per refund id.
+    pub amount_refunded: i64,
+    pub refund_count: i64,
+}
+
+/// Whether an outcome event moves the expected status: only forward along the order state
+/// machine (or a repeat of the same status), so that an outcome that arrives late (the
+/// authorisation after its capture) cannot move the expectation back.
+pub fn advances(current: &str, reported: PaymentStatus) -> bool {
+    match PaymentStatus::parse(current) {
+        Some(current) => current == reported || current.can_become(reported),
+        None => true,
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +33,7 @@ pub struct OrderFacts {
     pub status: String,
     pub amount: i64,
     pub amount_captured: i64,
+    pub amount_refunded: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +51,7 @@ pub struct PspCharge {
     pub status: String,
     pub amount: i64,
     pub amount_captured: i64,
+    pub amount_refunded: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,6 +94,27 @@ pub fn compare(exp: &Expectation, obs: &Observed) -> Vec<Discrepancy> {
                     format!(
                         "order amount {} differs from the requested {amount}",
                         order.amount
+                    ),
+                ));
+            }
+            if exp.expected_status == "succeeded"
+                && order.status == "succeeded"
+                && order.amount_captured != exp.amount_captured
+            {
+                out.push(d(
+                    "amount_mismatch",
+                    format!(
+                        "order captured {} but the PSP captured {}",
+                        order.amount_captured, exp.amount_captured
+                    ),
+                ));
+            }
+            if order.amount_refunded != exp.amount_refunded {
+                out.push(d(
+                    "refund_mismatch",
+                    format!(
+                        "order shows {} refunded but the refunds total {} ({} refund(s))",
+                        order.amount_refunded, exp.amount_refunded, exp.refund_count
                     ),
                 ));
             }
@@ -129,6 +167,7 @@ pub fn compare(exp: &Expectation, obs: &Observed) -> Vec<Discrepancy> {
             ),
         )),
     }
+    compare_refund_transfers(exp, &obs.transfers, &mut out);
 
     let live: Vec<&PspCharge> = obs
         .charges
@@ -166,6 +205,24 @@ pub fn compare(exp: &Expectation, obs: &Observed) -> Vec<Discrepancy> {
                     ),
                 ));
             }
+            if exp.expected_status == "succeeded" && one.amount_captured != exp.amount_captured {
+                out.push(d(
+                    "amount_mismatch",
+                    format!(
+                        "{} captured {} but the events say {}",
+                        one.psp, one.amount_captured, exp.amount_captured
+                    ),
+                ));
+            }
+            if one.amount_refunded != exp.amount_refunded {
+                out.push(d(
+                    "refund_mismatch",
+                    format!(
+                        "{} refunded {} of charge {} but the refunds total {}",
+                        one.psp, one.amount_refunded, one.id, exp.amount_refunded
+                    ),
+                ));
+            }
         }
         (true, many) => out.push(d(
             "duplicate_psp_charge",
@@ -195,6 +252,34 @@ pub fn compare(exp: &Expectation, obs: &Observed) -> Vec<Discrepancy> {
     out
 }
 
+/// One transfer per refund, together moving exactly the refunded total.
+fn compare_refund_transfers(
+    exp: &Expectation,
+    transfers: &[TransferFacts],
+    out: &mut Vec<Discrepancy>,
+) {
+    let refunds: Vec<&TransferFacts> = transfers.iter().filter(|t| t.kind == "refund").collect();
+    let moved: i64 = refunds.iter().map(|t| t.debits).sum();
+    let count = i64::try_from(refunds.len()).unwrap_or(i64::MAX);
+    if exp.amount_refunded > 0 && refunds.is_empty() {
+        out.push(d(
+            "missing_ledger_transfer",
+            format!(
+                "{} refund(s) of {} in total but no refund transfer was posted",
+                exp.refund_count, exp.amount_refunded
+            ),
+        ));
+    } else if moved != exp.amount_refunded || count != exp.refund_count {
+        out.push(d(
+            "refund_mismatch",
+            format!(
+                "{count} refund transfer(s) move {moved} but the events announce {} refund(s) of {} in total",
+                exp.refund_count, exp.amount_refunded
+            ),
+        ));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +291,8 @@ mod tests {
             psp: Some("alpha".into()),
             charge_id: Some("ch_1".into()),
             amount_captured: 1000,
+            amount_refunded: 0,
+            refund_count: 0,
         }
     }
 
@@ -215,6 +302,7 @@ mod tests {
                 status: "succeeded".into(),
                 amount: 1000,
                 amount_captured: 1000,
+                amount_refunded: 0,
             }),
             transfers: vec![TransferFacts {
                 transfer_id: "t".into(),
@@ -228,6 +316,7 @@ mod tests {
                 status: "succeeded".into(),
                 amount: 1000,
                 amount_captured: 1000,
+                amount_refunded: 0,
             }],
         }
     }
@@ -254,6 +343,7 @@ mod tests {
             status: "succeeded".into(),
             amount: 1000,
             amount_captured: 1000,
+            amount_refunded: 0,
         });
         assert_eq!(kinds(&o), ["duplicate_psp_charge"]);
 
@@ -269,5 +359,75 @@ mod tests {
         let mut o = clean();
         o.order = None;
         assert_eq!(kinds(&o), ["missing_order"]);
+    }
+
+    fn refunded(amounts: &[i64]) -> (Expectation, Observed) {
+        let total: i64 = amounts.iter().sum();
+        let mut e = exp();
+        e.amount_refunded = total;
+        e.refund_count = amounts.len() as i64;
+        let mut o = clean();
+        if let Some(order) = o.order.as_mut() {
+            order.amount_refunded = total;
+        }
+        o.charges[0].amount_refunded = total;
+        for (i, a) in amounts.iter().enumerate() {
+            o.transfers.push(TransferFacts {
+                transfer_id: format!("r{i}"),
+                kind: "refund".into(),
+                debits: *a,
+                credits: *a,
+            });
+        }
+        (e, o)
+    }
+
+    fn kinds_of(e: &Expectation, o: &Observed) -> Vec<String> {
+        compare(e, o).into_iter().map(|d| d.kind).collect()
+    }
+
+    #[test]
+    fn refunds_must_agree_in_the_order_the_ledger_and_the_psp() {
+        let (e, o) = refunded(&[300, 200]);
+        assert!(kinds_of(&e, &o).is_empty());
+
+        let (e, mut o) = refunded(&[300, 200]);
+        o.transfers.pop();
+        assert_eq!(kinds_of(&e, &o), ["refund_mismatch"]);
+
+        let (e, mut o) = refunded(&[300]);
+        o.transfers.retain(|t| t.kind != "refund");
+        assert_eq!(kinds_of(&e, &o), ["missing_ledger_transfer"]);
+
+        let (e, mut o) = refunded(&[300]);
+        o.charges[0].amount_refunded = 0;
+        assert_eq!(kinds_of(&e, &o), ["refund_mismatch"]);
+
+        let (e, mut o) = refunded(&[300]);
+        if let Some(order) = o.order.as_mut() {
+            order.amount_refunded = 600;
+        }
+        assert_eq!(kinds_of(&e, &o), ["refund_mismatch"]);
+    }
+
+    #[test]
+    fn a_captured_amount_that_differs_anywhere_is_a_mismatch() {
+        let mut o = clean();
+        o.charges[0].amount_captured = 800;
+        assert_eq!(kinds(&o), ["amount_mismatch"]);
+        let mut o = clean();
+        if let Some(order) = o.order.as_mut() {
+            order.amount_captured = 800;
+        }
+        assert_eq!(kinds(&o), ["amount_mismatch"]);
+    }
+
+    #[test]
+    fn a_late_outcome_cannot_move_the_expectation_back() {
+        assert!(advances("processing", PaymentStatus::RequiresCapture));
+        assert!(advances("requires_capture", PaymentStatus::Succeeded));
+        assert!(advances("succeeded", PaymentStatus::Succeeded));
+        assert!(!advances("succeeded", PaymentStatus::RequiresCapture));
+        assert!(!advances("canceled", PaymentStatus::Succeeded));
     }
 }

@@ -1,7 +1,9 @@
 use async_trait::async_trait;
+use chrono::NaiveDate;
 use paystream_domain::PaymentId;
 
 use crate::domain::PspCharge;
+use crate::domain::reconcile::SettlementLine;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PspLedgerError {
@@ -18,4 +20,7 @@ pub enum PspLedgerError {
 pub trait PspLedger: Send + Sync {
     fn name(&self) -> &str;
     async fn charges_for(&self, payment_id: PaymentId) -> Result<Vec<PspCharge>, PspLedgerError>;
+    /// The PSP's settlement report of one UTC day: every charge created that day that moved
+    /// money, with what was captured and refunded on it.
+    async fn settlement(&self, date: NaiveDate) -> Result<Vec<SettlementLine>, PspLedgerError>;
 }

@@ -1,7 +1,7 @@
 use async_trait::async_trait;
 use paystream_domain::{
-    Discrepancy, Event, LedgerPosting, PaymentRequested, PspOutcome, PspResult, RiskDecided,
-    RiskDecision,
+    Discrepancy, Event, LedgerPosting, PaymentCanceled, PaymentCaptured, PaymentRefunded,
+    PaymentRequested, PaymentStatus, PspOutcome, PspResult, RiskDecided, RiskDecision,
 };
 use paystream_messaging::{Emitter, Handler, HandlerError, InboundEvent};
 use sqlx::PgConnection;
@@ -18,18 +18,47 @@ impl ValidatorHandler {
     pub fn new(timing: Timing) -> Self {
         Self { timing }
     }
+
+    async fn outcome(
+        &self,
+        tx: &mut PgConnection,
+        event: &InboundEvent,
+        outcome: Outcome<'_>,
+    ) -> Result<(), HandlerError> {
+        postgres::record_outcome(
+            tx,
+            event.payment_id,
+            outcome,
+            self.timing.settle_delay,
+            self.timing.deadline,
+        )
+        .await?;
+        Ok(())
+    }
 }
+
+const HANDLED: &[&str] = &[
+    PaymentRequested::EVENT_TYPE,
+    RiskDecided::EVENT_TYPE,
+    PspResult::EVENT_TYPE,
+    PaymentCaptured::EVENT_TYPE,
+    PaymentCanceled::EVENT_TYPE,
+    PaymentRefunded::EVENT_TYPE,
+    LedgerPosting::EVENT_TYPE,
+];
 
 #[async_trait]
 impl Handler for ValidatorHandler {
+    /// `payment.command_failed` is not among them: a refused command changes nothing that must
+    /// exist, and the ingress releases what it reserved.
     fn handles(&self, event_type: &str) -> bool {
-        [
-            PaymentRequested::EVENT_TYPE,
-            RiskDecided::EVENT_TYPE,
-            PspResult::EVENT_TYPE,
-            LedgerPosting::EVENT_TYPE,
-        ]
-        .contains(&event_type)
+        HANDLED.contains(&event_type)
+    }
+
+    /// Every effect is in the batch's transaction,
+    /// so the runtime may run a batch without per-record savepoints.
+    fn effects_are_transactional(&self) -> bool {
+        true
     }
 
     async fn handle(
@@ -40,7 +69,7 @@ impl Handler for ValidatorHandler {
     ) -> Result<(), HandlerError> {
         let id = event.payment_id;
         match event.event_type.as_str() {
-            t if t == PaymentRequested::EVENT_TYPE => {
+            PaymentRequested::EVENT_TYPE => {
                 let r: PaymentRequested = event.data().map_err(HandlerError::Permanent)?;
                 postgres::record_requested(
                     tx,
@@ -52,39 +81,80 @@ impl Handler for ValidatorHandler {
                 )
                 .await?;
             }
-            t if t == RiskDecided::EVENT_TYPE => {
+            RiskDecided::EVENT_TYPE => {
                 let r: RiskDecided = event.data().map_err(HandlerError::Permanent)?;
                 if r.decision == RiskDecision::Declined {
                     let outcome = Outcome {
                         merchant: r.request.merchant_id.as_str(),
-                        amount: r.request.amount.minor(),
-                        currency: r.request.currency.as_str(),
-                        expected_status: "declined",
+                        amount: Some(r.request.amount.minor()),
+                        currency: Some(r.request.currency.as_str()),
+                        status: PaymentStatus::Declined,
                         psp: None,
                         charge_id: None,
-                        amount_captured: 0,
+                        amount_captured: None,
                     };
-                    postgres::record_outcome(tx, id, outcome, self.timing.settle_delay).await?;
+                    self.outcome(tx, event, outcome).await?;
                 }
             }
-            t if t == PspResult::EVENT_TYPE => {
+            PspResult::EVENT_TYPE => {
                 let r: PspResult = event.data().map_err(HandlerError::Permanent)?;
                 let status = match r.outcome {
-                    PspOutcome::Succeeded => "succeeded",
-                    PspOutcome::RequiresCapture => "requires_capture",
-                    PspOutcome::Declined => "declined",
-                    PspOutcome::Failed => "failed",
+                    PspOutcome::Succeeded => PaymentStatus::Succeeded,
+                    PspOutcome::RequiresCapture => PaymentStatus::RequiresCapture,
+                    PspOutcome::Declined => PaymentStatus::Declined,
+                    PspOutcome::Failed => PaymentStatus::Failed,
                 };
                 let outcome = Outcome {
                     merchant: r.merchant_id.as_str(),
-                    amount: r.amount.minor(),
-                    currency: r.currency.as_str(),
-                    expected_status: status,
+                    amount: Some(r.amount.minor()),
+                    currency: Some(r.currency.as_str()),
+                    status,
                     psp: Some(r.psp.as_str()),
                     charge_id: r.charge_id.as_deref(),
-                    amount_captured: r.amount_captured,
+                    amount_captured: Some(r.amount_captured),
                 };
-                postgres::record_outcome(tx, id, outcome, self.timing.settle_delay).await?;
+                self.outcome(tx, event, outcome).await?;
+            }
+            PaymentCaptured::EVENT_TYPE => {
+                let c: PaymentCaptured = event.data().map_err(HandlerError::Permanent)?;
+                let outcome = Outcome {
+                    merchant: c.merchant_id.as_str(),
+                    amount: None,
+                    currency: Some(c.currency.as_str()),
+                    status: PaymentStatus::Succeeded,
+                    psp: Some(c.psp.as_str()),
+                    charge_id: Some(c.charge_id.as_str()),
+                    amount_captured: Some(c.amount_captured),
+                };
+                self.outcome(tx, event, outcome).await?;
+            }
+            PaymentCanceled::EVENT_TYPE => {
+                let c: PaymentCanceled = event.data().map_err(HandlerError::Permanent)?;
+                let outcome = Outcome {
+                    merchant: c.merchant_id.as_str(),
+                    amount: None,
+                    currency: None,
+                    status: PaymentStatus::Canceled,
+                    psp: Some(c.psp.as_str()),
+                    charge_id: Some(c.charge_id.as_str()),
+                    amount_captured: None,
+                };
+                self.outcome(tx, event, outcome).await?;
+            }
+            PaymentRefunded::EVENT_TYPE => {
+                let r: PaymentRefunded = event.data().map_err(HandlerError::Permanent)?;
+                postgres::record_refund(
+                    tx,
+                    id,
+                    postgres::RefundSeen {
+                        merchant: r.merchant_id.as_str(),
+                        refund_id: &r.refund_id,
+                        amount: r.amount.minor(),
+                        psp: &r.psp,
+                    },
+                    &self.timing,
+                )
+                .await?;
             }
             _ => {
                 let posting: LedgerPosting = event.data().map_err(HandlerError::Permanent)?;
