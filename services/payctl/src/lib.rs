@@ -58,6 +58,7 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 /// Consumer groups of the fleet, each with its `<group>.retry` topic.
 pub const CONSUMER_GROUPS: &[&str] = &[
+    "api-ingress",
     "risk-engine",
     "psp-gateway",
     "order-store",
