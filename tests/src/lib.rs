@@ -2,6 +2,8 @@
 //! cache named by the usual environment variables. One fleet per test binary: it runs on a
 //! runtime of its own so that every `#[tokio::test]` can use it.
 
+pub mod runtime_support;
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -56,6 +58,9 @@ pub async fn isolate() -> anyhow::Result<Isolation> {
 
 pub struct Fleet {
     pub api_url: String,
+    /// The configuration the fleet's api-ingress runs with (its database, consumer group,
+    /// secret), for tests that start another instance beside it with other limits.
+    pub api_config: api_ingress::Config,
     pub jwt_secret: String,
     pub database_url: String,
     pub alpha: SimHandle,
@@ -139,6 +144,11 @@ async fn start() -> anyhow::Result<Fleet> {
     paystream_messaging::admin::ensure_topics(&base.kafka_bootstrap, &retry, 2, 1)
         .await
         .context("creating retry topics")?;
+    let groups: Vec<String> = payctl::CONSUMER_GROUPS
+        .iter()
+        .map(|g| iso.group(g))
+        .collect();
+    skip_history(&base.kafka_bootstrap, &groups).await?;
 
     let mut sims = Vec::new();
     for name in ["alpha", "beta"] {
@@ -215,16 +225,18 @@ async fn start() -> anyhow::Result<Fleet> {
             .run_until_stopped(shutdown.clone()),
     );
 
-    let mut api = api_ingress::Config::from_env();
+    let mut api = api_ingress::Config::from_env()?;
     api.common = common(&iso, api_ingress::SERVICE);
     api.api_addr = "127.0.0.1:0".to_owned();
     let jwt_secret = api.jwt_secret.clone();
+    let api_config = api.clone();
     let app = api_ingress::build(api).await?;
     let api_url = format!("http://127.0.0.1:{}", app.port());
     spawn(app.run_until_stopped(shutdown.clone()));
 
     Ok(Fleet {
         api_url,
+        api_config,
         jwt_secret,
         database_url: iso.database_url.clone(),
         alpha,
@@ -239,4 +251,51 @@ fn spawn(fut: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'st
             eprintln!("fleet task failed: {e:#}");
         }
     });
+}
+
+/// Commits the current end of every contract topic as the position of each of `groups`.
+///
+/// A fresh consumer group starts at the earliest offset, so without this every fleet re-reads
+/// every record earlier runs left on the shared topics (kept for a week), and its validator
+/// checks thousands of payments that are not its own. Records produced after this call (the
+/// fleet's own) are all consumed.
+pub async fn skip_history(bootstrap: &str, groups: &[String]) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let bootstrap = bootstrap.to_owned();
+    let groups = groups.to_vec();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let timeout = Duration::from_secs(10);
+        let probe: BaseConsumer = paystream_messaging::kafka::base_config(&bootstrap)
+            .create()
+            .context("creating a metadata client")?;
+        let mut ends = TopicPartitionList::new();
+        for topic in topics::ALL {
+            let metadata = probe
+                .fetch_metadata(Some(topic), timeout)
+                .with_context(|| format!("reading the metadata of {topic}"))?;
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    let (_, high) = probe
+                        .fetch_watermarks(topic, p.id(), timeout)
+                        .with_context(|| format!("reading the end of {topic}/{}", p.id()))?;
+                    ends.add_partition_offset(topic, p.id(), Offset::Offset(high))
+                        .context("building the offset list")?;
+                }
+            }
+        }
+        for group in &groups {
+            let consumer: BaseConsumer =
+                paystream_messaging::kafka::consumer_config(&bootstrap, group)
+                    .create()
+                    .context("creating a consumer to commit positions")?;
+            consumer
+                .commit(&ends, CommitMode::Sync)
+                .with_context(|| format!("committing the end of the topics for {group}"))?;
+        }
+        Ok(())
+    })
+    .await
+    .context("skip_history task")?
 }

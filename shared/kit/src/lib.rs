@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod order_cache;
 pub mod shutdown;
 pub mod telemetry;
 
