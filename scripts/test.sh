@@ -36,4 +36,4 @@ done
 
 cd "$REPO_ROOT"
 echo "==> cargo test (first build compiles librdkafka; several minutes on 2 cores)"
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"

@@ -277,9 +277,7 @@ pub async fn skip_history(bootstrap: &str, groups: &[String]) -> anyhow::Result<
                 .with_context(|| format!("reading the metadata of {topic}"))?;
             for t in metadata.topics() {
                 for p in t.partitions() {
-                    let (_, high) = probe
-                        .fetch_watermarks(topic, p.id(), timeout)
-                        .with_context(|| format!("reading the end of {topic}/{}", p.id()))?;
+                    let high = watermark_with_retry(&probe, topic, p.id(), timeout)?;
                     ends.add_partition_offset(topic, p.id(), Offset::Offset(high))
                         .context("building the offset list")?;
                 }
@@ -298,4 +296,28 @@ pub async fn skip_history(bootstrap: &str, groups: &[String]) -> anyhow::Result<
     })
     .await
     .context("skip_history task")?
+}
+
+/// The high watermark of a partition. Right after a topic is created its leader may not be known
+/// yet (`NotLeaderForPartition`), so the query is repeated for a while before giving up.
+fn watermark_with_retry(
+    probe: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> anyhow::Result<i64> {
+    use rdkafka::consumer::Consumer;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match probe.fetch_watermarks(topic, partition, timeout) {
+            Ok((_, high)) => return Ok(high),
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("waiting for the leader of {topic}/{partition}: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading the end of {topic}/{partition}"));
+            }
+        }
+    }
 }
