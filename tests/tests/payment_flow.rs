@@ -243,6 +243,10 @@ async fn a_retried_request_returns_the_same_payment() {
     let id = first["id"].as_str().unwrap_or_default().to_owned();
     let finals = wait_terminal(&token, std::slice::from_ref(&id)).await;
     assert_eq!(finals[&id]["status"], "succeeded");
+    assert_eq!(
+        finals[&id]["created"], first["created"],
+        "the creation time is the acceptance time, whichever store answers"
+    );
     assert_eq!(fleet.alpha.charge_count_for_reference(&id), 1);
 }
 

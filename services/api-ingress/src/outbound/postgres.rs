@@ -266,10 +266,14 @@ async fn refund_totals(tx: &mut PgConnection, id: PaymentId) -> Result<RefundTot
     Ok(RefundTotals { pending, succeeded })
 }
 
+/// `created` is when the ingress accepted the payment, whichever store answers, so that a
+/// payment's creation time does not move when the order store first sees it.
 const VIEW_COLUMNS_ORDERS: &str = "o.payment_id AS id, o.merchant_id, o.amount, o.currency, \
     o.status, o.capture, o.customer_id, o.description, o.metadata, o.amount_captured, \
     o.amount_refunded, o.decline_code, o.failure_reason, o.risk_score, o.psp, \
-    extract(epoch from o.created_at)::bigint AS created, o.version, true AS from_order_store";
+    COALESCE((SELECT extract(epoch from a.created_at)::bigint FROM ingress.payments a \
+              WHERE a.id = o.payment_id), extract(epoch from o.created_at)::bigint) AS created, \
+    o.version, true AS from_order_store";
 
 const VIEW_COLUMNS_ACCEPTED: &str = "p.id, p.merchant_id, p.amount, p.currency, \
     'processing'::text AS status, p.capture, p.customer_id, p.description, p.metadata, \
