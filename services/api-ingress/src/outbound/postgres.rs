@@ -266,20 +266,20 @@ async fn refund_totals(tx: &mut PgConnection, id: PaymentId) -> Result<RefundTot
     Ok(RefundTotals { pending, succeeded })
 }
 
-/// `created` is when the ingress accepted the payment, whichever store answers, so that a
-/// payment's creation time does not move when the order store first sees it.
+/// `created` is the time in the payment's UUIDv7 id (its first 48 bits are Unix milliseconds),
+/// taken when the ingress accepted it: the same in every answer, whichever store answers.
 const VIEW_COLUMNS_ORDERS: &str = "o.payment_id AS id, o.merchant_id, o.amount, o.currency, \
     o.status, o.capture, o.customer_id, o.description, o.metadata, o.amount_captured, \
     o.amount_refunded, o.decline_code, o.failure_reason, o.risk_score, o.psp, \
-    COALESCE((SELECT extract(epoch from a.created_at)::bigint FROM ingress.payments a \
-              WHERE a.id = o.payment_id), extract(epoch from o.created_at)::bigint) AS created, \
+    (('x' || substr(replace(o.payment_id::text, '-', ''), 1, 12))::bit(48)::bigint / 1000) AS created, \
     o.version, true AS from_order_store";
 
 const VIEW_COLUMNS_ACCEPTED: &str = "p.id, p.merchant_id, p.amount, p.currency, \
     'processing'::text AS status, p.capture, p.customer_id, p.description, p.metadata, \
     0::bigint AS amount_captured, 0::bigint AS amount_refunded, NULL::text AS decline_code, \
     NULL::text AS failure_reason, NULL::int AS risk_score, NULL::text AS psp, \
-    extract(epoch from p.created_at)::bigint AS created, 0 AS version, false AS from_order_store";
+    (('x' || substr(replace(p.id::text, '-', ''), 1, 12))::bit(48)::bigint / 1000) AS created, \
+    0 AS version, false AS from_order_store";
 
 /// The payment as the order store has it, or as accepted while the order store has not seen it.
 async fn read_payment(
@@ -379,7 +379,7 @@ impl PaymentStore for PgPaymentStore {
         request: &PaymentRequested,
         traceparent: &str,
     ) -> Result<Answer, StoreError> {
-        let view = PaymentView::accepted(payment_id, request, chrono::Utc::now().timestamp());
+        let view = PaymentView::accepted(payment_id, request, created_of(payment_id));
         let body = encode(&view)?;
         let (mut tx, replay) = self.begin(idem, Some((202, &body))).await?;
         if let Some(answer) = replay {
@@ -799,6 +799,14 @@ pub mod results {
         .rows_affected();
         Ok(updated == 1)
     }
+}
+
+/// Unix seconds of a payment id's UUIDv7 timestamp (see `VIEW_COLUMNS_ORDERS`).
+fn created_of(id: PaymentId) -> i64 {
+    id.as_uuid()
+        .get_timestamp()
+        .map(|t| t.to_unix().0 as i64)
+        .unwrap_or_else(|| chrono::Utc::now().timestamp())
 }
 
 #[cfg(test)]
