@@ -368,13 +368,15 @@ async fn sigterm_stops_a_worker_gracefully_without_loss() -> anyhow::Result<()> 
         }
     }
     let in_flight = a.progress.in_flight();
-    let (status, took) = a.sigterm(Duration::from_secs(15)).await?;
+    let (status, took) = a.sigterm(Duration::from_secs(30)).await?;
     assert!(
         status.success(),
         "exit status {status:?} (log {})",
         a.log.display()
     );
-    assert!(took < Duration::from_secs(5), "took {took:?} to stop");
+    // A bound on hanging, not a performance figure: on a loaded two-core machine leaving the
+    // group and flushing takes a few seconds.
+    assert!(took < Duration::from_secs(20), "took {took:?} to stop");
     assert!(a.progress.bye.load(Ordering::SeqCst), "worker a said bye");
     assert_eq!(
         a.progress.handled.load(Ordering::SeqCst),
