@@ -82,33 +82,51 @@ impl Fleet {
 
 pub fn fleet() -> &'static Fleet {
     static FLEET: OnceLock<Fleet> = OnceLock::new();
-    FLEET.get_or_init(|| {
+    start_once(&FLEET, "the test fleet", start)
+}
+
+/// Runs `start` once per test binary on a multi-threaded runtime of its own thread, which then
+/// keeps the services it spawned running until the process exits; every `#[tokio::test]`, each
+/// on its own runtime, shares the result.
+pub fn start_once<T, F, Fut>(cell: &'static OnceLock<T>, what: &'static str, start: F) -> &'static T
+where
+    T: Send + Sync + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    cell.get_or_init(|| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(4)
                 .enable_all()
                 .build()
-                .unwrap_or_else(|e| panic!("fleet runtime: {e}"));
+                .unwrap_or_else(|e| panic!("{what} runtime: {e}"));
             rt.block_on(async move {
-                match start().await {
-                    Ok(fleet) => {
-                        let stop = fleet.shutdown.clone();
-                        let _ = tx.send(Ok(fleet));
-                        stop.cancelled().await;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("{e:#}")));
-                    }
+                let started = start().await.map_err(|e| format!("{e:#}"));
+                let ok = started.is_ok();
+                let _ = tx.send(started);
+                if ok {
+                    std::future::pending::<()>().await;
                 }
             });
         });
         match rx.recv_timeout(Duration::from_secs(180)) {
-            Ok(Ok(fleet)) => fleet,
-            Ok(Err(e)) => panic!("the test fleet did not start: {e}"),
-            Err(e) => panic!("the test fleet did not start in time: {e}"),
+            Ok(Ok(value)) => value,
+            Ok(Err(e)) => panic!("{what} did not start: {e}"),
+            Err(e) => panic!("{what} did not start in time: {e}"),
         }
     })
+}
+
+/// Test logs through the test writer, `RUST_LOG` or warnings only.
+pub fn init_test_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,rdkafka=error".to_owned()),
+        )
+        .with_test_writer()
+        .try_init();
 }
 
 fn common(iso: &Isolation, service: &str) -> CommonConfig {
@@ -119,12 +137,7 @@ fn common(iso: &Isolation, service: &str) -> CommonConfig {
 }
 
 async fn start() -> anyhow::Result<Fleet> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,rdkafka=error".to_owned()),
-        )
-        .with_test_writer()
-        .try_init();
+    init_test_logs();
     let shutdown = CancellationToken::new();
     let base = CommonConfig::for_tests();
     let iso = isolate().await?;

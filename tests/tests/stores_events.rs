@@ -42,43 +42,12 @@ struct Stores {
 }
 
 fn stores() -> &'static Stores {
-    static STORES: OnceLock<Stores> = OnceLock::new();
-    STORES.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap_or_else(|e| panic!("stores runtime: {e}"));
-            rt.block_on(async move {
-                match start().await {
-                    Ok(stores) => {
-                        let stop = stores._shutdown.clone();
-                        let _ = tx.send(Ok(stores));
-                        stop.cancelled().await;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("{e:#}")));
-                    }
-                }
-            });
-        });
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(Ok(stores)) => stores,
-            Ok(Err(e)) => panic!("the stores did not start: {e}"),
-            Err(e) => panic!("the stores did not start in time: {e}"),
-        }
-    })
+    static CELL: OnceLock<Stores> = OnceLock::new();
+    paystream_e2e::start_once(&CELL, "the stores", start)
 }
 
 async fn start() -> anyhow::Result<Stores> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,rdkafka=error".to_owned()),
-        )
-        .with_test_writer()
-        .try_init();
+    paystream_e2e::init_test_logs();
     let base = CommonConfig::for_tests();
     let iso = paystream_e2e::isolate().await?;
     let groups: Vec<String> = [order_store::SERVICE, account_store::SERVICE]

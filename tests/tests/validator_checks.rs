@@ -45,43 +45,12 @@ struct Fleet {
 }
 
 fn fleet() -> &'static Fleet {
-    static FLEET: OnceLock<Fleet> = OnceLock::new();
-    FLEET.get_or_init(|| {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap_or_else(|e| panic!("fleet runtime: {e}"));
-            rt.block_on(async move {
-                match start().await {
-                    Ok(fleet) => {
-                        let stop = fleet._shutdown.clone();
-                        let _ = tx.send(Ok(fleet));
-                        stop.cancelled().await;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(format!("{e:#}")));
-                    }
-                }
-            });
-        });
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(Ok(fleet)) => fleet,
-            Ok(Err(e)) => panic!("the fleet did not start: {e}"),
-            Err(e) => panic!("the fleet did not start in time: {e}"),
-        }
-    })
+    static CELL: OnceLock<Fleet> = OnceLock::new();
+    paystream_e2e::start_once(&CELL, "the validator fleet", start)
 }
 
 async fn start() -> anyhow::Result<Fleet> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,rdkafka=error".to_owned()),
-        )
-        .with_test_writer()
-        .try_init();
+    paystream_e2e::init_test_logs();
     let base = CommonConfig::for_tests();
     let iso = paystream_e2e::isolate().await?;
     let services = [
